@@ -1,0 +1,589 @@
+"""nprnn_ref: a pure-NumPy reference implementation of the np-RNN.
+
+Talathi and Vartak, "Improving performance of recurrent neural network with ReLU
+nonlinearity", arXiv 1511.03771 (ICLR 2016 workshop), and the recurrent networks it is
+compared with: IRNN (Le, Jaitly and Hinton, arXiv 1504.00941), i-RNN and tanh RNNs.
+
+The model (a simple RNN, "sRNN")::
+
+    h_t = f(W_hx x_t + W_hh h_{t-1} + b_h)      f = relu or tanh
+    y_t = W_yh h_t + b_y                         (logits for softmax cross-entropy)
+
+Conventions
+-----------
+- Time-major: x has shape (T, B, D), hidden states h have shape (T, B, H), h0 (B, H).
+- Parameters are a dict of arrays named after the paper: W_hx (H, D), W_hh (H, H),
+  b_h (H,), W_yh (O, H), b_y (O,). Batched code computes ``x @ W_hx.T``, the layout of
+  PyTorch's ``weight_ih_l0`` / ``weight_hh_l0``.
+- "N(0, s^2)" means standard deviation s.
+- float64 by default; float32 works too. Every float array passed to one call must share
+  the parameters' dtype (a mismatch is a TypeError, never a silent cast) and every result
+  has that dtype.
+- ReLU'(0) = 0: the ReLU mask is ``pre-activation > 0``, as in PyTorch and TensorFlow.
+- Losses equal PyTorch's defaults: "mse" is the mean over all elements of
+  (y - target)^2 (``torch.nn.MSELoss()``); "xent" is the mean over all (step, sequence)
+  pairs of the softmax cross-entropy of logits y against integer labels
+  (``torch.nn.CrossEntropyLoss()``).
+- output="last" reads out only h_T (y has shape (B, O)); output="all" reads out every
+  step (y has shape (T, B, O)).
+- Functions are pure: nothing passed in is modified, randomness comes only from the numpy
+  Generator ``rng`` passed in.
+
+Sections, in reading order: validation helpers, initialisers, forward, backward (BPTT),
+losses, optimiser.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+__all__ = [
+    "PARAM_NAMES", "NONLINEARITIES", "LOSSES", "OUTPUTS", "SCHEMES", "Scheme",
+    "alpha", "np_init", "identity_init", "orthogonal_init", "init_params",
+    "forward", "readout", "backward", "readout_backward",
+    "loss_fn", "loss_and_grads", "clip_grads", "sgd_step",
+]
+
+PARAM_NAMES = ("W_hx", "W_hh", "b_h", "W_yh", "b_y")
+RECURRENT_NAMES = ("W_hx", "W_hh", "b_h")
+NONLINEARITIES = ("relu", "tanh")
+LOSSES = ("mse", "xent")
+OUTPUTS = ("last", "all")
+
+
+# ---------------------------------------------------------------------------------------
+# Validation helpers: every error names the argument, what was expected and what came.
+# ---------------------------------------------------------------------------------------
+
+def _check_choice(argname: str, value, valid) -> str:
+    if not isinstance(value, str) or value not in valid:
+        raise ValueError(f"{argname} must be one of {', '.join(map(repr, valid))}, "
+                         f"got {value!r}")
+    return value
+
+
+def _check_size(argname: str, n) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"{argname} must be an int >= 1, got {type(n).__name__} {n!r}")
+    if n < 1:
+        raise ValueError(f"{argname} must be an int >= 1, got {n}")
+    return int(n)
+
+
+def _check_rng(rng) -> np.random.Generator:
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError("rng must be a numpy.random.Generator (e.g. "
+                        f"np.random.default_rng(0)), got {type(rng).__name__}")
+    return rng
+
+
+def _as_array(argname: str, a) -> np.ndarray:
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{argname} must be a numpy.ndarray, got {type(a).__name__}")
+    return a
+
+
+def _check_finite(argname: str, a: np.ndarray) -> None:
+    if not np.all(np.isfinite(a)):
+        bad = np.argwhere(~np.isfinite(a))[0]
+        raise ValueError(f"{argname} must be finite, got {a[tuple(bad)]} at index "
+                         f"{tuple(int(i) for i in bad)}")
+
+
+def _check_float(argname: str, a: np.ndarray, dtype) -> None:
+    if a.dtype != dtype:
+        raise TypeError(f"{argname} must have dtype {np.dtype(dtype).name} (the parameters' "
+                        f"dtype), got {a.dtype.name}; convert it with "
+                        f".astype(np.{np.dtype(dtype).name})")
+
+
+def _shape_str(names_and_sizes) -> str:
+    return "(" + ", ".join(f"{k}={v}" if k else str(v) for k, v in names_and_sizes) + ")"
+
+
+def _check_shape(argname: str, a: np.ndarray, expected) -> None:
+    """expected: tuple of (name, size) pairs; size None means any."""
+    ok = a.ndim == len(expected) and all(
+        size is None or a.shape[i] == size for i, (_, size) in enumerate(expected))
+    if not ok:
+        want = _shape_str((k, v if v is not None else k) if k else (None, v)
+                          for k, v in expected)
+        raise ValueError(f"{argname} must have shape {want}, got {tuple(a.shape)}")
+
+
+def check_params(params, *, readout: bool = True):
+    """Validate a parameter dict; return (H, D, O, dtype). O is None without readout.
+
+    Raises KeyError-free, readable errors: missing keys, non-arrays, wrong ranks,
+    inconsistent shapes, mixed or non-float dtypes, non-finite values.
+    """
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a dict of arrays, got {type(params).__name__}")
+    names = PARAM_NAMES if readout else RECURRENT_NAMES
+    missing = [k for k in names if k not in params]
+    if missing:
+        raise ValueError(f"params is missing {', '.join(missing)}; expected keys "
+                         f"{', '.join(names)}, got {', '.join(map(str, params)) or 'none'}")
+    for k in names:
+        _as_array(f"params[{k!r}]", params[k])
+    W_hh = params["W_hh"]
+    if W_hh.ndim != 2 or W_hh.shape[0] != W_hh.shape[1] or W_hh.shape[0] < 1:
+        raise ValueError(f"params['W_hh'] must have shape (H, H), got {W_hh.shape}")
+    H = W_hh.shape[0]
+    dtype = W_hh.dtype
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"params['W_hh'] must have dtype float32 or float64, "
+                        f"got {dtype.name}")
+    W_hx = params["W_hx"]
+    if W_hx.ndim != 2 or W_hx.shape[0] != H or W_hx.shape[1] < 1:
+        raise ValueError(f"params['W_hx'] must have shape (H={H}, D), got {W_hx.shape}")
+    D = W_hx.shape[1]
+    _check_shape("params['b_h']", params["b_h"], (("H", H),))
+    O = None
+    if readout:
+        W_yh = params["W_yh"]
+        if W_yh.ndim != 2 or W_yh.shape[1] != H or W_yh.shape[0] < 1:
+            raise ValueError(f"params['W_yh'] must have shape (O, H={H}), got {W_yh.shape}")
+        O = W_yh.shape[0]
+        _check_shape("params['b_y']", params["b_y"], (("O", O),))
+    for k in names:
+        _check_float(f"params[{k!r}]", params[k], dtype)
+        _check_finite(f"params[{k!r}]", params[k])
+    return H, D, O, dtype
+
+
+def _check_x(x, D, dtype):
+    _as_array("x", x)
+    if x.ndim != 3 or x.shape[2] != D or x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(f"x must have shape (T, B, D={D}) with T, B >= 1, "
+                         f"got {tuple(x.shape)}")
+    _check_float("x", x, dtype)
+    _check_finite("x", x)
+    return x.shape[0], x.shape[1]
+
+
+def _check_h0(h0, B, H, dtype):
+    if h0 is None:
+        return np.zeros((B, H), dtype=dtype)
+    _as_array("h0", h0)
+    _check_shape("h0", h0, (("B", B), ("H", H)))
+    _check_float("h0", h0, dtype)
+    _check_finite("h0", h0)
+    return h0
+
+
+# ---------------------------------------------------------------------------------------
+# Initialisers
+# ---------------------------------------------------------------------------------------
+
+def alpha(n: int) -> float:
+    """Input-weight gain of the np-RNN (Sussillo and Abbott's ReLU gain, arXiv 1412.6558).
+
+        alpha(N) = sqrt(2) * exp(1.2 / (max(N, 6) - 2.4))
+
+    alpha(100) ~ 1.4317: W_hx ~ N(0, alpha(N)^2 / N).
+    """
+    n = _check_size("n", n)
+    return math.sqrt(2.0) * math.exp(1.2 / (max(n, 6) - 2.4))
+
+
+def np_init(n: int, rng: np.random.Generator) -> np.ndarray:
+    """The np-RNN recurrent matrix (the paper's Eq. 9), float64, shape (n, n).
+
+        R ~ N(0, 1)^{n x n},  A = R^T R / n,  W_hh = (A + I) / lambda_max(A + I)
+
+    Invariants (tested for every n from 1 to 200): W_hh is exactly symmetric and positive
+    definite; its largest eigenvalue is 1 (to rounding) and, for n >= 2, all others are
+    below 1 (almost surely); every eigenvalue is at least 1 / lambda_max(A + I), because
+    A is positive semi-definite. ``rng.standard_normal((n, n))`` is the only draw.
+    """
+    n = _check_size("n", n)
+    rng = _check_rng(rng)
+    R = rng.standard_normal((n, n))                 # (n, n)
+    M = R.T @ R / n + np.eye(n)                      # A + I, (n, n)
+    M = 0.5 * (M + M.T)                              # exactly symmetric: a+b == b+a
+    lam = np.linalg.eigvalsh(M)[-1]                  # eigvalsh sorts ascending
+    return M / lam                                   # elementwise: stays symmetric
+
+
+def identity_init(n: int, scale: float = 1.0) -> np.ndarray:
+    """W_hh = scale * I: IRNN (scale = 1, Le et al.) and i-RNN (scale < 1, e.g. 0.01)."""
+    n = _check_size("n", n)
+    if not isinstance(scale, (int, float, np.floating, np.integer)) or isinstance(scale, bool) \
+            or not math.isfinite(scale):
+        raise ValueError(f"scale must be a finite number, got {scale!r}")
+    return float(scale) * np.eye(n)
+
+
+def orthogonal_init(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A random orthogonal matrix: Q of the QR decomposition of a Gaussian (n, n) matrix,
+    with the signs of its columns fixed by sign(diag(R)) so that Q is Haar-distributed."""
+    n = _check_size("n", n)
+    rng = _check_rng(rng)
+    G = rng.standard_normal((n, n))
+    Q, R = np.linalg.qr(G)
+    d = np.sign(np.diag(R))
+    d[d == 0] = 1.0
+    return Q * d                                     # scales column j by d[j]
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """One row of SCHEMES: the nonlinearity and the recipe of every weight.
+
+    w_hh(n, rng, **options) -> (n, n) float64; w_hx_std(H) -> the standard deviation of
+    the i.i.d. normal W_hx; W_yh is always Glorot normal N(0, 2 / (H + O)); biases 0.
+    """
+    nonlinearity: str
+    w_hh: Callable
+    w_hx_std: Callable
+    w_hh_text: str
+    w_hx_text: str
+    options: tuple = ()
+
+
+SCHEMES = {
+    "np": Scheme("relu", lambda n, rng: np_init(n, rng),
+                 lambda H: alpha(H) / math.sqrt(H),
+                 "np_init: (A + I) / lambda_max(A + I)", "N(0, alpha(H)^2 / H)"),
+    "np-tanh": Scheme("tanh", lambda n, rng: np_init(n, rng),
+                      lambda H: alpha(H) / math.sqrt(H),
+                      "np_init: (A + I) / lambda_max(A + I)", "N(0, alpha(H)^2 / H)"),
+    "irnn": Scheme("relu", lambda n, rng: identity_init(n),
+                   lambda H: 1e-3, "I", "N(0, 0.001^2)"),
+    "i-rnn": Scheme("relu", lambda n, rng, scale=0.01: identity_init(n, scale),
+                    lambda H: 1e-3, "scale * I (scale=0.01)", "N(0, 0.001^2)",
+                    options=("scale",)),
+    "tanh": Scheme("tanh", lambda n, rng: orthogonal_init(n, rng),
+                   lambda H: 1.0 / math.sqrt(H),
+                   "random orthogonal (QR of a Gaussian, sign-fixed)", "N(0, 1 / H)"),
+}
+
+
+def init_params(n_in: int, n_hidden: int, n_out: int, scheme: str,
+                rng: np.random.Generator, dtype=np.float64, **scheme_options) -> dict:
+    """Initial parameters for one of SCHEMES; draws W_hx, then W_hh, then W_yh.
+
+    Returns {"W_hx": (H, D), "W_hh": (H, H), "b_h": (H,), "W_yh": (O, H), "b_y": (O,)},
+    every array of ``dtype`` (float64 or float32; weights are drawn in float64 and cast).
+    The scheme's nonlinearity is ``SCHEMES[scheme].nonlinearity``.
+    """
+    D = _check_size("n_in", n_in)
+    H = _check_size("n_hidden", n_hidden)
+    O = _check_size("n_out", n_out)
+    _check_choice("scheme", scheme, tuple(SCHEMES))
+    rng = _check_rng(rng)
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be float32 or float64, got {dtype.name}")
+    s = SCHEMES[scheme]
+    unknown = sorted(set(scheme_options) - set(s.options))
+    if unknown:
+        raise TypeError(f"scheme {scheme!r} takes options {list(s.options) or 'none'}, "
+                        f"got unexpected {unknown}")
+    W_hx = rng.standard_normal((H, D)) * s.w_hx_std(H)           # (H, D)
+    W_hh = s.w_hh(H, rng, **scheme_options)                       # (H, H)
+    W_yh = rng.standard_normal((O, H)) * math.sqrt(2.0 / (H + O))  # (O, H) Glorot normal
+    return {
+        "W_hx": W_hx.astype(dtype), "W_hh": W_hh.astype(dtype),
+        "b_h": np.zeros(H, dtype), "W_yh": W_yh.astype(dtype), "b_y": np.zeros(O, dtype),
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Forward
+# ---------------------------------------------------------------------------------------
+
+def forward(params: dict, x: np.ndarray, h0: np.ndarray | None = None,
+            nonlinearity: str = "relu"):
+    """Run the recurrence over a batch of sequences.
+
+        z_t = W_hx x_t + W_hh h_{t-1} + b_h,    h_t = f(z_t),    t = 1..T
+
+    Inputs
+    - params: dict with W_hx (H, D), W_hh (H, H), b_h (H,) (W_yh, b_y are not read)
+    - x: (T, B, D) inputs
+    - h0: (B, H) initial state, zeros when None
+    - nonlinearity: "relu" or "tanh"
+
+    Returns
+    - h: (T, B, H), h[t-1] is h_t (a read-only view into the cache)
+    - cache: what ``backward`` needs, O(T*B*(H + D)) numbers: the inputs, h0 and every
+      hidden state (no pre-activations: f'(z_t) is recovered from h_t).
+    """
+    _check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
+    H, D, _, dtype = check_params(params, readout=False)
+    T, B = _check_x(x, D, dtype)
+    h0 = _check_h0(h0, B, H, dtype)
+    W_hx, W_hh, b_h = params["W_hx"], params["W_hh"], params["b_h"]
+
+    hs = np.empty((T + 1, B, H), dtype)                  # hs[0] = h0, hs[t] = h_t
+    hs[0] = h0
+    # All input projections in one product before the loop: W_hx x_t + b_h for every t.
+    np.matmul(x.reshape(T * B, D), W_hx.T, out=hs[1:].reshape(T * B, H))   # (T*B, H)
+    hs[1:] += b_h
+    Whh_T = W_hh.T                                       # (H, H) view, no copy
+    rec = np.empty((B, H), dtype)                        # reused buffer for W_hh h_{t-1}
+    act = np.maximum if nonlinearity == "relu" else None
+    for t in range(1, T + 1):
+        np.matmul(hs[t - 1], Whh_T, out=rec)             # (B, H) = h_{t-1} W_hh^T
+        z = hs[t]
+        z += rec                                         # z_t, in place
+        if act is not None:
+            act(z, 0.0, out=z)                           # h_t = max(0, z_t)
+        else:
+            np.tanh(z, out=z)                            # h_t = tanh(z_t)
+    h = hs[1:]
+    h.flags.writeable = False
+    cache = {"x": x, "hs": hs, "W_hx": W_hx, "W_hh": W_hh, "nonlinearity": nonlinearity}
+    return h, cache
+
+
+def readout(params: dict, h: np.ndarray, output: str = "last") -> np.ndarray:
+    """y = W_yh h_t + b_y.
+
+    Inputs: h (T, B, H); output "last" (read h_T only) or "all".
+    Returns y: (B, O) for "last", (T, B, O) for "all" (logits for "xent").
+    """
+    _check_choice("output", output, OUTPUTS)
+    H, _, O, dtype = check_params(params)
+    _as_array("h", h)
+    _check_shape("h", h, (("T", None), ("B", None), ("H", H)))
+    _check_float("h", h, dtype)
+    W_yh, b_y = params["W_yh"], params["b_y"]
+    if output == "last":
+        return h[-1] @ W_yh.T + b_y                      # (B, O)
+    T, B, _ = h.shape
+    y = h.reshape(T * B, H) @ W_yh.T                     # (T*B, O), one product
+    y += b_y
+    return y.reshape(T, B, O)
+
+
+# ---------------------------------------------------------------------------------------
+# Backward: back-propagation through time
+# ---------------------------------------------------------------------------------------
+
+def backward(dh: np.ndarray, cache: dict, return_dh: bool = False):
+    """BPTT through the recurrence, given the loss gradient arriving at every h_t directly.
+
+    With g_t = dL/dh_t the total gradient reaching h_t (directly and through h_{t+1}):
+
+        g_T = dh_T,    g_t = dh_t + W_hh^T delta_{t+1},    delta_t = g_t * f'(z_t)
+        f'(z) = [z > 0] for relu (so ReLU'(0) = 0), 1 - tanh(z)^2 = 1 - h^2 for tanh
+        dW_hh = sum_t delta_t h_{t-1}^T,  dW_hx = sum_t delta_t x_t^T,  db_h = sum_t delta_t
+        dx_t = W_hx^T delta_t,            dh0 = W_hh^T delta_1
+
+    Inputs
+    - dh: (T, B, H) gradient of the loss with respect to each h_t, not counting the path
+      through h_{t+1} (zeros except dh[-1] for output="last")
+    - cache: from ``forward``
+    - return_dh: also return g, the total dL/dh_t, shape (T, B, H)
+
+    Returns (dx, dh0, grads) or, with return_dh, (dx, dh0, grads, g)
+    - dx: (T, B, D), dh0: (B, H)
+    - grads: {"W_hx": (H, D), "W_hh": (H, H), "b_h": (H,)}
+    """
+    x, hs, W_hx, W_hh = cache["x"], cache["hs"], cache["W_hx"], cache["W_hh"]
+    T, B, D = x.shape
+    H = W_hh.shape[0]
+    dtype = hs.dtype
+    _as_array("dh", dh)
+    _check_shape("dh", dh, (("T", T), ("B", B), ("H", H)))
+    _check_float("dh", dh, dtype)
+    _check_finite("dh", dh)
+    h = hs[1:]
+    # f'(z_t) for every step at once, outside the loop.
+    if cache["nonlinearity"] == "relu":
+        fprime = np.sign(h)                              # h >= 0: 1 where z > 0, else 0
+    else:
+        fprime = h * h
+        np.subtract(1.0, fprime, out=fprime)             # 1 - h^2
+    g = np.empty((T, B, H), dtype)                       # total dL/dh_t
+    delta = np.empty((T, B, H), dtype)                   # dL/dz_t
+    g[T - 1] = dh[T - 1]
+    np.multiply(g[T - 1], fprime[T - 1], out=delta[T - 1])
+    for t in range(T - 2, -1, -1):
+        np.matmul(delta[t + 1], W_hh, out=g[t])          # (B, H): W_hh^T delta_{t+1}
+        g[t] += dh[t]
+        np.multiply(g[t], fprime[t], out=delta[t])
+    # All weight gradients after the loop, one product each.
+    d2 = delta.reshape(T * B, H)                         # (T*B, H)
+    grads = {
+        "W_hx": d2.T @ x.reshape(T * B, D),              # (H, D)
+        "W_hh": d2.T @ hs[:-1].reshape(T * B, H),        # (H, H): h_{t-1} for every t
+        "b_h": d2.sum(axis=0),                           # (H,)
+    }
+    dx = (d2 @ W_hx).reshape(T, B, D)                    # (T, B, D)
+    dh0 = delta[0] @ W_hh                                # (B, H)
+    if return_dh:
+        return dx, dh0, grads, g
+    return dx, dh0, grads
+
+
+def readout_backward(dy: np.ndarray, params: dict, h: np.ndarray, output: str = "last"):
+    """Gradients of y = W_yh h_t + b_y.
+
+    Inputs: dy ((B, O) for "last", (T, B, O) for "all"), params, h (T, B, H).
+    Returns (dh, grads): dh (T, B, H), zero except the read steps;
+    grads {"W_yh": (O, H), "b_y": (O,)}.
+    """
+    _check_choice("output", output, OUTPUTS)
+    H, _, O, dtype = check_params(params)
+    T, B, _ = h.shape
+    W_yh = params["W_yh"]
+    dh = np.zeros((T, B, H), dtype)
+    if output == "last":
+        _check_shape("dy", dy, (("B", B), ("O", O)))
+        np.matmul(dy, W_yh, out=dh[-1])                  # (B, H)
+        return dh, {"W_yh": dy.T @ h[-1], "b_y": dy.sum(axis=0)}
+    _check_shape("dy", dy, (("T", T), ("B", B), ("O", O)))
+    dy2 = dy.reshape(T * B, O)
+    np.matmul(dy2, W_yh, out=dh.reshape(T * B, H))
+    return dh, {"W_yh": dy2.T @ h.reshape(T * B, H), "b_y": dy2.sum(axis=0)}
+
+
+# ---------------------------------------------------------------------------------------
+# Losses (PyTorch's default mean reductions)
+# ---------------------------------------------------------------------------------------
+
+def _check_target(target, loss, output, T, B, O, dtype):
+    _as_array("target", target)
+    lead = (("B", B),) if output == "last" else (("T", T), ("B", B))
+    if loss == "mse":
+        _check_shape("target", target, lead + (("O", O),))
+        _check_float("target", target, dtype)
+        _check_finite("target", target)
+    else:
+        _check_shape("target", target, lead)
+        if not np.issubdtype(target.dtype, np.integer):
+            raise TypeError(f"target must hold integer class labels for loss='xent', "
+                            f"got dtype {target.dtype.name}")
+        if target.size and (target.min() < 0 or target.max() >= O):
+            bad = target.min() if target.min() < 0 else target.max()
+            raise ValueError(f"target labels must lie in [0, O={O}), got {bad}")
+
+
+def loss_fn(y: np.ndarray, target: np.ndarray, loss: str = "mse"):
+    """Loss and its gradient dL/dy (no validation; see loss_and_grads).
+
+    mse:  L = mean((y - target)^2),  dL/dy = 2 (y - target) / y.size
+    xent: L = mean_n(logsumexp(y_n) - y_n[c_n]) over the n = y.size / O rows,
+          dL/dy = (softmax(y) - onehot(c)) / n, with a stable log-sum-exp.
+    """
+    if loss == "mse":
+        diff = y - target
+        return np.mean(diff * diff), diff * (2.0 / diff.size)
+    O = y.shape[-1]
+    y2 = y.reshape(-1, O)
+    c = target.reshape(-1)
+    n = y2.shape[0]
+    m = y2.max(axis=1, keepdims=True)
+    e = np.exp(y2 - m)
+    s = e.sum(axis=1, keepdims=True)
+    rows = np.arange(n)
+    L = np.mean(np.log(s[:, 0]) + m[:, 0] - y2[rows, c])
+    p = e / s                                            # softmax
+    p[rows, c] -= 1.0
+    p *= 1.0 / n
+    return L, p.reshape(y.shape)
+
+
+def loss_and_grads(params: dict, x: np.ndarray, target: np.ndarray, *, loss: str = "mse",
+                   output: str = "last", nonlinearity: str = "relu",
+                   h0: np.ndarray | None = None):
+    """Loss and the gradient of every parameter, of x and of h0.
+
+    Inputs
+    - params: the five arrays; x (T, B, D); h0 (B, H) or None (zeros)
+    - target: mse: (B, O) for "last", (T, B, O) for "all", floats of the params' dtype;
+      xent: integer labels in [0, O), (B,) for "last", (T, B) for "all"
+
+    Returns (loss, grads): loss a NumPy scalar of the params' dtype; grads with keys
+    W_hx, W_hh, b_h, W_yh, b_y, x, h0, each shaped like its input. No clipping here.
+    """
+    _check_choice("loss", loss, LOSSES)
+    _check_choice("output", output, OUTPUTS)
+    _check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
+    H, D, O, dtype = check_params(params)
+    T, B = _check_x(x, D, dtype)
+    _check_target(target, loss, output, T, B, O, dtype)
+    h, cache = forward(params, x, h0, nonlinearity)
+    y = readout(params, h, output)
+    L, dy = loss_fn(y, target, loss)
+    dh, grads = readout_backward(dy, params, h, output)
+    dx, dh0, rec_grads = backward(dh, cache)
+    grads.update(rec_grads)
+    grads["x"] = dx
+    grads["h0"] = dh0
+    return dtype.type(L), {k: grads[k] for k in PARAM_NAMES + ("x", "h0")}
+
+
+# ---------------------------------------------------------------------------------------
+# Optimiser
+# ---------------------------------------------------------------------------------------
+
+def clip_grads(grads: dict, max_norm: float):
+    """Rescale the parameter gradients to global norm at most ``max_norm``.
+
+        norm = sqrt(sum_k ||g_k||^2) over k in PARAM_NAMES;  g_k <- g_k * max_norm / norm
+        when norm > max_norm.
+
+    "x" and "h0" are never counted nor scaled (they are passed through). Returns
+    (clipped, norm): a new dict, and the norm measured before clipping. Unlike PyTorch's
+    clip_grad_norm_, no 1e-6 is added to the norm.
+    """
+    if not isinstance(grads, dict):
+        raise TypeError(f"grads must be a dict of arrays, got {type(grads).__name__}")
+    if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float, np.number)) \
+            or not (math.isfinite(max_norm) and max_norm > 0):
+        raise ValueError(f"max_norm must be a finite number > 0, got {max_norm!r}")
+    missing = [k for k in PARAM_NAMES if k not in grads]
+    if missing:
+        raise ValueError(f"grads is missing {', '.join(missing)}")
+    norm = math.sqrt(sum(float(np.vdot(grads[k], grads[k])) for k in PARAM_NAMES))
+    scale = max_norm / norm if norm > max_norm else 1.0
+    clipped = {k: (v * v.dtype.type(scale) if k in PARAM_NAMES else v)
+               for k, v in grads.items()}
+    return clipped, norm
+
+
+def sgd_step(params: dict, grads: dict, velocity: dict | None, lr: float,
+             momentum: float = 0.0):
+    """One SGD step with momentum, in PyTorch's form (torch.optim.SGD, dampening 0):
+
+        v <- momentum * v + g,    p <- p - lr * v
+
+    velocity None means zeros (PyTorch's first step). Returns new (params, velocity)
+    dicts; nothing passed in is modified. Keys other than PARAM_NAMES in grads (x, h0)
+    are ignored.
+    """
+    H, D, O, dtype = check_params(params)
+    for name, v in (("lr", lr), ("momentum", momentum)):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) \
+                or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+    new_p, new_v = {}, {}
+    for k in PARAM_NAMES:
+        p = params[k]
+        if k not in grads:
+            raise ValueError(f"grads is missing {k}")
+        g = grads[k]
+        _as_array(f"grads[{k!r}]", g)
+        if g.shape != p.shape:
+            raise ValueError(f"grads[{k!r}] must have shape {p.shape}, got {g.shape}")
+        _check_float(f"grads[{k!r}]", g, dtype)
+        if velocity is None:
+            v = g.copy()
+        else:
+            if k not in velocity or velocity[k].shape != p.shape:
+                got = velocity[k].shape if k in velocity else "missing"
+                raise ValueError(f"velocity[{k!r}] must have shape {p.shape}, got {got}")
+            v = momentum * velocity[k] + g
+        v = v.astype(dtype, copy=False)
+        new_v[k] = v
+        new_p[k] = (p - dtype.type(lr) * v).astype(dtype, copy=False)
+    return new_p, new_v
