@@ -328,13 +328,16 @@ def forward(params: dict, x: np.ndarray, h0: np.ndarray | None = None,
     hs[1:] += b_h
     Whh_T = W_hh.T                                       # (H, H) view, no copy
     rec = np.empty((B, H), dtype)                        # reused buffer for W_hh h_{t-1}
-    act = np.maximum if nonlinearity == "relu" else None
+    relu = nonlinearity == "relu"
+    zero = dtype.type(0)                                 # a NumPy scalar: no conversion per call
+    # Inside the loop only the recurrent product, one addition and f, all in place.
+    # (np.dot has a slightly lower per-call cost than np.matmul for these small products.)
     for t in range(1, T + 1):
-        np.matmul(hs[t - 1], Whh_T, out=rec)             # (B, H) = h_{t-1} W_hh^T
-        z = hs[t]
+        z = hs[t]                                        # holds W_hx x_t + b_h
+        np.dot(hs[t - 1], Whh_T, out=rec)                # (B, H) = h_{t-1} W_hh^T
         z += rec                                         # z_t, in place
-        if act is not None:
-            act(z, 0.0, out=z)                           # h_t = max(0, z_t)
+        if relu:
+            np.maximum(z, zero, out=z)                   # h_t = max(0, z_t)
         else:
             np.tanh(z, out=z)                            # h_t = tanh(z_t)
     h = hs[1:]
@@ -387,29 +390,45 @@ def backward(dh: np.ndarray, cache: dict, return_dh: bool = False):
     - dx: (T, B, D), dh0: (B, H)
     - grads: {"W_hx": (H, D), "W_hh": (H, H), "b_h": (H,)}
     """
+    x, hs = cache["x"], cache["hs"]
+    T, B, _ = x.shape
+    H = hs.shape[2]
+    _as_array("dh", dh)
+    _check_shape("dh", dh, (("T", T), ("B", B), ("H", H)))
+    _check_float("dh", dh, hs.dtype)
+    _check_finite("dh", dh)
+    return _bptt(cache, dh, None, return_dh)
+
+
+def _bptt(cache: dict, dh, dh_last, return_dh: bool):
+    """The BPTT loop of ``backward``. Exactly one of dh (T, B, H) and dh_last (B, H) is
+    given; dh_last means dh is zero except at the last step (output="last"), which saves
+    a (T, B, H) array of zeros and one addition per step."""
     x, hs, W_hx, W_hh = cache["x"], cache["hs"], cache["W_hx"], cache["W_hh"]
     T, B, D = x.shape
     H = W_hh.shape[0]
     dtype = hs.dtype
-    _as_array("dh", dh)
-    _check_shape("dh", dh, (("T", T), ("B", B), ("H", H)))
-    _check_float("dh", dh, dtype)
-    _check_finite("dh", dh)
-    h = hs[1:]
-    # f'(z_t) for every step at once, outside the loop.
+    h = hs[1:]                                           # (T, B, H)
+    # delta starts as f'(z_t) for every step at once, outside the loop, and is then
+    # multiplied in place by g_t inside it: one (T, B, H) allocation in all.
     if cache["nonlinearity"] == "relu":
-        fprime = np.sign(h)                              # h >= 0: 1 where z > 0, else 0
+        delta = np.empty((T, B, H), dtype)
+        np.greater(h, dtype.type(0), out=delta)          # [z_t > 0] == [h_t > 0], as 0/1
     else:
-        fprime = h * h
-        np.subtract(1.0, fprime, out=fprime)             # 1 - h^2
-    g = np.empty((T, B, H), dtype)                       # total dL/dh_t
-    delta = np.empty((T, B, H), dtype)                   # dL/dz_t
-    g[T - 1] = dh[T - 1]
-    np.multiply(g[T - 1], fprime[T - 1], out=delta[T - 1])
+        delta = h * h
+        np.subtract(1.0, delta, out=delta)               # 1 - h^2
+    g = np.empty((T, B, H), dtype) if return_dh else None
+    buf = np.empty((B, H), dtype)                        # W_hh^T delta_{t+1}, reused
+    last = dh_last if dh is None else dh[T - 1]
+    if return_dh:
+        g[T - 1] = last
+    delta[T - 1] *= last
     for t in range(T - 2, -1, -1):
-        np.matmul(delta[t + 1], W_hh, out=g[t])          # (B, H): W_hh^T delta_{t+1}
-        g[t] += dh[t]
-        np.multiply(g[t], fprime[t], out=delta[t])
+        gt = g[t] if return_dh else buf
+        np.dot(delta[t + 1], W_hh, out=gt)               # (B, H): W_hh^T delta_{t+1}
+        if dh is not None:
+            gt += dh[t]                                  # g_t
+        delta[t] *= gt                                   # delta_t = g_t * f'(z_t)
     # All weight gradients after the loop, one product each.
     d2 = delta.reshape(T * B, H)                         # (T*B, H)
     grads = {
@@ -514,8 +533,12 @@ def loss_and_grads(params: dict, x: np.ndarray, target: np.ndarray, *, loss: str
     h, cache = forward(params, x, h0, nonlinearity)
     y = readout(params, h, output)
     L, dy = loss_fn(y, target, loss)
-    dh, grads = readout_backward(dy, params, h, output)
-    dx, dh0, rec_grads = backward(dh, cache)
+    if output == "last":                                 # only h_T is read out
+        grads = {"W_yh": dy.T @ h[-1], "b_y": dy.sum(axis=0)}
+        dx, dh0, rec_grads = _bptt(cache, None, dy @ params["W_yh"], False)
+    else:
+        dh, grads = readout_backward(dy, params, h, output)
+        dx, dh0, rec_grads = _bptt(cache, dh, None, False)
     grads.update(rec_grads)
     grads["x"] = dx
     grads["h0"] = dh0

@@ -86,9 +86,9 @@ def make_floor(params, x):
     def floor():
         np.matmul(x2, W_hx.T, out=proj)
         for t in range(1, T + 1):
-            np.matmul(hs[t - 1], WT, out=hs[t])
+            np.dot(hs[t - 1], WT, out=hs[t])
         for t in range(T - 2, -1, -1):
-            np.matmul(d[t + 1], W_hh, out=d[t])
+            np.dot(d[t + 1], W_hh, out=d[t])
         d2 = d.reshape(T * B, H)
         return d2.T @ x2, d2.T @ hs[:-1].reshape(T * B, H)
     return floor
