@@ -420,6 +420,10 @@ def export_fixtures(directory, force=False, base_seed=FIXTURE_BASE_SEED,
             "gradients": "grad_K = dloss/dK for every parameter, x and h0; grad_b_h equals "
                          "the gradient of either torch bias",
             "keys": list(nr.FIXTURE_KEYS),
+            "coverage": "W_hh is symmetric in the np, np-tanh, irnn and i-rnn cases, so "
+                        "only the tanh (orthogonal W_hh) cases can reveal a transposed "
+                        "W_hh in the forward pass; D, H and O differ in every case, so "
+                        "any other transposed weight fails on its shape",
             "strings": "nonlinearity, loss_kind, output are 0-d unicode arrays; "
                        "format_version a 0-d int64",
         },
@@ -506,9 +510,11 @@ def verify_case(fn, case: dict, rtol: float, atol: float):
     return nr.compare(expected, result, rtol, atol), ""
 
 
-def verify_fixtures(directory, fn, rtol=None, atol=None, out=sys.stdout) -> bool:
+def verify_fixtures(directory, fn, rtol=None, atol=None, out=None) -> bool:
     """Check ``fn`` on every case of a fixture directory, print a table per case and a
-    summary; return True when every case passed. rtol/atol override the manifest's."""
+    summary to ``out`` (default stdout); return True when every case passed. rtol/atol
+    override the manifest's."""
+    out = sys.stdout if out is None else out
     m = read_manifest(directory)
     n_ok = 0
     for c in m["cases"]:
