@@ -594,6 +594,10 @@ def sgd_step(params: dict, grads: dict, velocity: dict | None, lr: float,
 # (NumPy only: nothing here imports torch)
 # ---------------------------------------------------------------------------------------
 
+import os  # noqa: E402  (this section's imports, kept here to keep merges local)
+import zipfile  # noqa: E402
+import zlib  # noqa: E402
+
 TORCH_KEYS = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0",
               "readout.weight", "readout.bias")
 FIXTURE_FORMAT_VERSION = 1
@@ -717,9 +721,6 @@ def load_fixture(path) -> dict:
     a corrupt member, pickled objects, missing or unexpected keys, another format version,
     unknown conventions, wrong shapes or dtypes, non-finite values.
     """
-    import os
-    import zipfile
-    import zlib
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"fixture file {path} does not exist")

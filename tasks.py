@@ -188,13 +188,13 @@ def cmd_bench(args):
 # Golden fixtures for other backends: export-fixtures and verify-fixtures
 # ---------------------------------------------------------------------------------------
 
-import hashlib  # noqa: E402  (this section's imports, kept here to keep merges local)
+import dataclasses  # noqa: E402  (this section's imports, kept here to keep merges local)
+import hashlib  # noqa: E402
 import importlib  # noqa: E402
 import importlib.util  # noqa: E402
 import json  # noqa: E402
 import traceback  # noqa: E402
 import zipfile  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
 
 FIXTURE_BASE_SEED = 1511_03771          # the paper's arXiv number
 RELU_MARGIN = 1e-3
@@ -202,7 +202,7 @@ FIXTURE_MAX_DRAWS = 100
 MAX_LABEL_PROB = 0.99   # xent: softmax(y)[label] above it makes dL/dy = p - 1 cancel
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class FixtureSpec:
     """One golden case. ``seed`` is the case's own stream: its rng is
     np.random.default_rng([base_seed, seed]), so no case depends on another."""
@@ -251,26 +251,27 @@ FIXTURE_TOLERANCES = {
     "float64": {
         "rtol": 1e-9, "atol": 1e-11,
         "reason": "Two correct float64 backends differ only by rounding: unit roundoff "
-                  "1.1e-16 times the accumulation length (T*H terms, T <= 60, H <= 7) "
-                  "and the recurrence's mild amplification (spectral norm of W_hh <= 1 for "
-                  "every scheme). Measured over 300 seeds of every case spec: this "
-                  "reference against torch.nn.RNN and against an independent per-step "
-                  "NumPy loop never differed by more than 3e-13 in any element (relative "
-                  "error at most 4e-15 on the largest entries). rtol 1e-9 leaves a margin "
-                  "of 10^5 on entries of normal size and atol 1e-11 a margin of 30 on "
-                  "entries that cancel to near 0, while a float32 computation (relative "
-                  "error ~1e-7) or any modelling mistake fails."},
+                  "1.1e-16 times the accumulation length (T*H terms, T <= 60, H <= 7) and "
+                  "the recurrence's mild amplification (the spectral norm of W_hh is at "
+                  "most 1 in every scheme), about 1e-14 of each tensor's scale. Measured "
+                  "with `python tasks.py survey-fixtures --seeds 300` over 4200 random "
+                  "cases of these specs: torch.nn.RNN + autograd and an independent "
+                  "per-step NumPy loop stayed within 3e-13 of this reference in every "
+                  "element, a worst |a - e| / (atol + rtol |e|) of 3e-4 (margin 3500). "
+                  "A float32 computation (relative error ~1e-7) or any modelling mistake "
+                  "fails."},
     "float32": {
-        "rtol": 1e-4, "atol": 1e-5,
-        "reason": "Float32 cases are computed in float32 (unit roundoff 6e-8), so both "
-                  "the fixture and the backend carry rounding errors of about 1e-6 of each "
-                  "tensor's scale (up to 1e-4 absolute on a grad_W_hh of size 70). "
-                  "Measured over 300 seeds of every case spec: against torch.nn.RNN and "
-                  "an independent per-step NumPy loop in float32, with atol 1e-5 no "
-                  "element needed an rtol above 4e-6, so rtol 1e-4 leaves a margin of 25; "
-                  "the errors of modelling mistakes are O(1e-2..1) relative. Entries far "
-                  "below atol (grad_x of the irnn and i-rnn cases, whose W_hx ~ N(0, "
-                  "1e-6)) are checked closely only by the float64 cases."},
+        "rtol": 3e-4, "atol": 3e-5,
+        "reason": "Float32 cases are computed in float32 (unit roundoff 6e-8), so the "
+                  "fixture and the backend each carry rounding errors of about 1e-6 of "
+                  "each tensor's scale (up to 1e-4 absolute on a grad_W_hh of size 70). "
+                  "Measured with `python tasks.py survey-fixtures --seeds 300` over 4200 "
+                  "random float32 cases: torch.nn.RNN + autograd reached a worst "
+                  "|a - e| / (atol + rtol |e|) of 0.07 and an independent per-step NumPy "
+                  "loop in float32 0.16 (margins 14 and 6), while modelling mistakes are "
+                  "off by 1e-2 to 1 relative. Entries far below atol (grad_x of the irnn and "
+                  "i-rnn cases, whose W_hx ~ N(0, 1e-6)) are checked closely only by the "
+                  "float64 cases."},
 }
 
 
@@ -499,6 +500,10 @@ def verify_case(fn, case: dict, rtol: float, atol: float):
     inputs = {k: np.array(case[k]) for k in nr.FIXTURE_INPUT_KEYS}
     try:
         result = fn(inputs)
+    except ImportError as e:                             # a missing package: stop, say so
+        name = getattr(e, "name", None) or str(e)
+        raise ImportError(f"the function needs a package that is not installed ({e}); "
+                          f"install it, e.g. `pip install {name}`") from e
     except Exception as e:  # noqa: BLE001  (reported as a failed case)
         tb = traceback.extract_tb(e.__traceback__)[-1]
         return None, (f"the function raised {type(e).__name__}: {e} "
@@ -541,6 +546,48 @@ def verify_fixtures(directory, fn, rtol=None, atol=None, out=None) -> bool:
     print(f"{n_ok}/{n} cases passed" + ("" if n_ok == n else f"; {n - n_ok} FAILED"),
           file=out)
     return n_ok == n
+
+
+def survey_backend(fn, n_seeds: int, specs=FIXTURE_CASES, out=None) -> dict:
+    """Run ``fn`` on fresh cases of every spec, in both dtypes, for base seeds 0 ..
+    n_seeds - 1 (nothing written to disk) and print, per dtype, the largest |a - e| and
+    the worst ratio |a - e| / (atol + rtol |e|) at the recommended tolerances (a case
+    passes when it is <= 1; its inverse is the margin). Returns {dtype: (max_abs,
+    worst_ratio, n_cases)}. This is how FIXTURE_TOLERANCES were checked."""
+    out = sys.stdout if out is None else out
+    stats = {}
+    for dtype in ("float64", "float32"):
+        tol = FIXTURE_TOLERANCES[dtype]
+        max_abs, worst, n = 0.0, 0.0, 0
+        for seed in range(n_seeds):
+            for spec in specs:
+                s = dataclasses.replace(spec, dtype=dtype)
+                case, _ = make_fixture_case(s, base_seed=seed)
+                report, problem = verify_case(fn, case, tol["rtol"], tol["atol"])
+                if report is None or any(c.status not in ("pass", "fail", "extra")
+                                         for c in report.checks):
+                    raise ValueError(f"{s.name} with base seed {seed}: "
+                                     f"{problem or report.table()}")
+                for c in report.checks:
+                    if c.status in ("pass", "fail"):
+                        max_abs = max(max_abs, c.max_abs)
+                        worst = max(worst, c.worst_ratio)
+                n += 1
+        stats[dtype] = (max_abs, worst, n)
+        print(f"{dtype}: {n} cases, max |a - e| = {max_abs:.3g}, worst |a - e| / (atol + "
+              f"rtol |e|) = {worst:.3g} at rtol={tol['rtol']:g}, atol={tol['atol']:g} "
+              f"(margin {1 / worst if worst else float('inf'):.3g}x)", file=out)
+    return stats
+
+
+def cmd_survey_fixtures(args):
+    try:
+        fn = load_backend(args.against)
+        stats = survey_backend(fn, args.seeds)
+    except (ImportError, ValueError) as e:
+        print(f"tasks.py survey-fixtures: error: {e}", file=sys.stderr)
+        return 2
+    return 0 if all(w <= 1 for _, w, _ in stats.values()) else 1
 
 
 def cmd_export_fixtures(args):
@@ -611,6 +658,20 @@ def _add_fixture_commands(sub) -> None:
     v.add_argument("--threads", type=_positive_int, default=1,
                    help="BLAS threads, set before numpy is imported (default 1)")
     v.set_defaults(func=cmd_verify_fixtures)
+    s = sub.add_parser("survey-fixtures", help="run a backend on many freshly drawn "
+                       "fixture cases and report its worst error against the tolerances",
+                       description="Draw every fixture case spec in float64 and float32 "
+                       "for base seeds 0..SEEDS-1 (in memory), run MODULE:FUNCTION on each "
+                       "and print per dtype the largest |a - e| and the worst "
+                       "|a - e| / (atol + rtol |e|) at the recommended tolerances. Exit "
+                       "status 1 when some case is outside them.")
+    s.add_argument("--against", required=True, metavar="MODULE:FUNCTION",
+                   help="the function to survey, as for verify-fixtures")
+    s.add_argument("--seeds", type=_positive_int, default=20,
+                   help="number of base seeds (default 20)")
+    s.add_argument("--threads", type=_positive_int, default=1,
+                   help="BLAS threads, set before numpy is imported (default 1)")
+    s.set_defaults(func=cmd_survey_fixtures)
 
 
 # ---------------------------------------------------------------------------------------

@@ -706,6 +706,9 @@ def raises(case):
 def not_a_dict(case):
     return [1, 2]
 
+def needs_a_package(case):
+    import surely_not_an_installed_package_xyz  # noqa: F401
+
 def partial(case):
     out = nr.fixture_outputs(case)
     del out["grad_h0"]
@@ -746,6 +749,9 @@ def test_verify_fixtures_takes_a_file_path_and_reports_usage_errors(fixture_dir,
                             (f"{tmp_path / 'nope.py'}:f", "no such file")]:
         assert tasks.main(["verify-fixtures", str(fixture_dir), "--against", against]) == 2
         assert needle in capsys.readouterr().err, against
+    assert tasks.main(["verify-fixtures", str(fixture_dir), "--against",
+                       f"{path}:needs_a_package"]) == 2
+    assert "pip install surely_not_an_installed_package_xyz" in capsys.readouterr().err
     assert tasks.main(["verify-fixtures", str(tmp_path), "--against", f"{path}:good"]) == 2
     assert "manifest.json does not exist" in capsys.readouterr().err
 
@@ -763,3 +769,18 @@ def test_verify_fixtures_tolerance_overrides(fixture_dir, tmp_path, capsys):
     assert tasks.main(["verify-fixtures", str(fixture_dir), "--against", f"{path}:run",
                        "--rtol", "1e-4", "--atol", "1e-5"]) == 0
     assert "rtol=0.0001, atol=1e-05" in capsys.readouterr().out
+
+
+def test_survey_separates_a_correct_backend_from_a_buggy_one():
+    """survey-fixtures (how the tolerances were checked) draws fresh cases in memory."""
+    out = io.StringIO()
+    good = tasks.survey_backend(loop_backend, 2, specs=tasks.FIXTURE_CASES[:4], out=out)
+    assert {dt: n for dt, (_, _, n) in good.items()} == {"float64": 8, "float32": 8}
+    assert all(0 < w < 1 for _, w, _ in good.values())
+    bad = tasks.survey_backend(lambda c: loop_backend(c, bug="double_bias"), 1,
+                               specs=tasks.FIXTURE_CASES[:2], out=out)
+    assert all(w > 1 for _, w, _ in bad.values())
+    assert "margin" in out.getvalue()
+    with pytest.raises(ValueError, match="expected shape"):
+        tasks.survey_backend(lambda c: loop_backend(c, bug="swapped_grad_biases"), 1,
+                             specs=tasks.FIXTURE_CASES[:1], out=out)
