@@ -137,6 +137,16 @@ def torch_backend(case):
             "grad_x": x.grad.numpy(), "grad_h0": h0.grad[0].numpy()}
 
 
+def test_readme_torch_example_is_the_tested_function():
+    """The README shows torch_backend verbatim; this keeps the two from drifting apart."""
+    import inspect
+    readme = os.path.join(os.path.dirname(os.path.abspath(__file__)), "README.md")
+    text = open(readme).read() if os.path.isfile(readme) else ""
+    if "def torch_backend(case):" not in text:
+        pytest.skip("README.md has no torch_backend example (yet)")
+    assert inspect.getsource(torch_backend).rstrip() in text
+
+
 @pytest.fixture(scope="module")
 def fixture_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("golden") / "fixtures"
