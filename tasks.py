@@ -307,6 +307,7 @@ def make_fixture_case(spec: FixtureSpec, base_seed: int = FIXTURE_BASE_SEED,
     dtype = np.dtype(spec.dtype)
     rng = np.random.default_rng([base_seed, spec.seed])
     best = 0.0
+    rejected = {"relu margin": 0, "saturated softmax": 0, "all-zero gradient": 0}
     for draw in range(1, max_draws + 1):
         p = nr.init_params(spec.D, spec.H, spec.O, spec.scheme, rng)
         p["b_h"] = 0.1 * rng.standard_normal(spec.H)
@@ -325,20 +326,25 @@ def make_fixture_case(spec: FixtureSpec, base_seed: int = FIXTURE_BASE_SEED,
         case.update(nr.fixture_outputs(case))
         case["format_version"] = np.array(nr.FIXTURE_FORMAT_VERSION, np.int64)
         if spec.loss == "xent" and label_probabilities(case).max() > MAX_LABEL_PROB:
-            continue                                     # saturated softmax: redraw
+            rejected["saturated softmax"] += 1           # dL/dy = p - 1 would cancel
+            continue
         if not all(np.any(case[k]) for k in nr.FIXTURE_OUTPUT_KEYS if k.startswith("grad")):
-            continue                                     # an all-zero gradient checks nothing
+            rejected["all-zero gradient"] += 1           # it would check nothing
+            continue
         if spec.nonlinearity != "relu":
             return case, {"draws": draw, "min_abs_preactivation": None}
         m = float(np.abs(relu_preactivations(case)).min())
         if m >= margin:
             return case, {"draws": draw, "min_abs_preactivation": m}
         best = max(best, m)
+        rejected["relu margin"] += 1
     raise RuntimeError(
         f"fixture case {spec.name}: no draw in {max_draws} had every ReLU pre-activation at "
-        f"least {margin:g} away from 0 (best smallest |z| was {best:.3g}) and, for xent, "
-        f"every label probability at most {MAX_LABEL_PROB}, and no all-zero gradient; use a smaller margin or a case "
-        "with fewer steps, sequences or units")
+        f"least {margin:g} away from 0, every xent label probability at most "
+        f"{MAX_LABEL_PROB} and no all-zero gradient (rejections: "
+        + ", ".join(f"{k} {v}" for k, v in rejected.items())
+        + f"; best smallest |z| {best:.3g}); use a smaller margin or a case with fewer "
+        "steps, sequences or units")
 
 
 def _write_npz(path, arrays: dict) -> None:
