@@ -834,7 +834,7 @@ class CompareReport:
         rows = [("tensor", "status", "shape", "max abs err", "at", "max rel err", "at",
                  "err/tol", "bad elems")]
         for c in self.checks:
-            rows.append((c.name, c.status.upper() if not c.ok else c.status,
+            rows.append((str(c.name), c.status.upper() if not c.ok else c.status,
                          "" if c.shape is None else str(c.shape), num(c.max_abs),
                          idx(c.abs_index, c.max_abs), num(c.max_rel),
                          idx(c.rel_index, c.max_rel), num(c.worst_ratio),
@@ -843,7 +843,7 @@ class CompareReport:
         lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
         for c in self.checks:
             if c.detail:
-                lines.append(f"  {c.name}: {c.detail}")
+                lines.append(f"  {c.name!s}: {c.detail}")
         verdict = "PASS" if self.ok else f"FAIL ({len(self.failures())} tensor(s))"
         lines.append(f"{verdict} with rtol={self.rtol:g}, atol={self.atol:g} "
                      "(element passes when |a - e| <= atol + rtol * |e|)")

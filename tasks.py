@@ -185,7 +185,7 @@ def cmd_bench(args):
 
 
 # ---------------------------------------------------------------------------------------
-# Golden fixtures for other backends: export-fixtures and verify-fixtures
+# Golden fixtures for other backends: export-fixtures, verify-fixtures, survey-fixtures
 # ---------------------------------------------------------------------------------------
 
 import dataclasses  # noqa: E402  (this section's imports, kept here to keep merges local)
@@ -376,9 +376,10 @@ def export_fixtures(directory, force=False, base_seed=FIXTURE_BASE_SEED,
     if os.path.isdir(directory) and os.listdir(directory) and not force:
         raise FileExistsError(f"{directory} is not empty; choose an empty or new directory, "
                               "or pass --force to overwrite the fixture files in it")
-    names = [s.name for s in cases]
-    if len(set(names)) != len(names):
-        raise ValueError(f"cases must have distinct names, got {names}")
+    for what in ("name", "seed"):
+        vals = [getattr(s, what) for s in cases]
+        if len(set(vals)) != len(vals):
+            raise ValueError(f"cases must have distinct {what}s, got {vals}")
     built = [(s,) + make_fixture_case(s, base_seed, margin) for s in cases]  # all or nothing
     os.makedirs(directory, exist_ok=True)
     entries = []
@@ -392,6 +393,7 @@ def export_fixtures(directory, force=False, base_seed=FIXTURE_BASE_SEED,
             "loss_kind": spec.loss, "output": spec.output,
             "sizes": {"T": spec.T, "B": spec.B, "D": spec.D, "H": spec.H, "O": spec.O},
             "shapes": {k: list(case[k].shape) for k in nr.FIXTURE_KEYS},
+            "dtypes": {k: case[k].dtype.str for k in nr.FIXTURE_KEYS},
             "seed": [base_seed, spec.seed], "draws": info["draws"],
             "min_abs_relu_preactivation": info["min_abs_preactivation"],
         })
@@ -412,8 +414,12 @@ def export_fixtures(directory, force=False, base_seed=FIXTURE_BASE_SEED,
                             "arrays) has |z| >= relu_margin, so ReLU'(0) conventions cannot "
                             "matter; cases were redrawn (at most "
                             f"{FIXTURE_MAX_DRAWS} draws) until it held",
+        "other_redraw_conditions": f"xent cases: every label's softmax probability at most "
+                                   f"{MAX_LABEL_PROB} (so dL/dy = p - onehot does not "
+                                   "cancel); every case: no all-zero gradient tensor",
         "conventions": {
-            "layout": "time-major: x (T, B, D), h and grad_x (T, B, H)/(T, B, D), h0 (B, H)",
+            "layout": "time-major: x and grad_x (T, B, D); h (T, B, H); h0 and grad_h0 "
+                      "(B, H)",
             "model": "h_t = f(W_hx x_t + W_hh h_{t-1} + b_h), y = W_yh h_t + b_y; h holds "
                      "h_1..h_T; output 'last' reads h_T only (y (B, O)), 'all' every step "
                      "(y (T, B, O))",

@@ -305,6 +305,7 @@ def test_manifest_states_files_shapes_conventions_tolerances_seed_and_version(fi
     seeds = set()
     for e, c in cases:
         assert e["sha256"] == hashlib.sha256((fixture_dir / e["file"]).read_bytes()).hexdigest()
+        assert e["dtypes"] == {k: c[k].dtype.str for k in nr.FIXTURE_KEYS}
         assert e["seed"][0] == m["base_seed"]
         seeds.add(e["seed"][1])
         assert e["sizes"] == dict(zip("TBD", c["x"].shape), H=c["W_hh"].shape[0],
