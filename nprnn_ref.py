@@ -610,3 +610,329 @@ def sgd_step(params: dict, grads: dict, velocity: dict | None, lr: float,
         new_v[k] = v
         new_p[k] = (p - dtype.type(lr) * v).astype(dtype, copy=False)
     return new_p, new_v
+
+
+# ---------------------------------------------------------------------------------------
+# Backend bridge: PyTorch weight names, golden-fixture files and a tensor-by-tensor checker
+# (NumPy only: nothing here imports torch)
+# ---------------------------------------------------------------------------------------
+
+import os  # noqa: E402  (this section's imports, kept here to keep merges local)
+import zipfile  # noqa: E402
+import zlib  # noqa: E402
+
+TORCH_KEYS = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0",
+              "readout.weight", "readout.bias")
+FIXTURE_FORMAT_VERSION = 1
+FIXTURE_INPUT_KEYS = ("x", "h0", "target") + PARAM_NAMES + ("nonlinearity", "loss_kind",
+                                                           "output")
+FIXTURE_OUTPUT_KEYS = ("h", "y", "loss", "grad_W_hx", "grad_W_hh", "grad_b_h",
+                       "grad_W_yh", "grad_b_y", "grad_x", "grad_h0")
+FIXTURE_KEYS = FIXTURE_INPUT_KEYS + FIXTURE_OUTPUT_KEYS + ("format_version",)
+
+__all__ += ["TORCH_KEYS", "FIXTURE_FORMAT_VERSION", "FIXTURE_INPUT_KEYS",
+            "FIXTURE_OUTPUT_KEYS", "FIXTURE_KEYS", "to_torch_state_dict",
+            "from_torch_state_dict", "fixture_outputs", "load_fixture", "TensorCheck",
+            "CompareReport", "compare"]
+
+
+def to_torch_state_dict(params: dict) -> dict:
+    """The parameters under the names of a ``torch.nn.RNN`` (one layer, unidirectional)
+    with a ``torch.nn.Linear`` read-out attached as its ``readout`` attribute.
+
+        weight_ih_l0 = W_hx (H, D)     weight_hh_l0 = W_hh (H, H)
+        bias_ih_l0   = b_h  (H,)       bias_hh_l0   = 0    (H,)
+        readout.weight = W_yh (O, H)   readout.bias = b_y  (O,)
+
+    PyTorch adds two biases, h_t = f(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh); this model has
+    one, so b_h goes to bias_ih and bias_hh is zero. The values are NumPy copies of the
+    params' dtype; load them with ``module.load_state_dict({k: torch.from_numpy(v) ...})``.
+    """
+    check_params(params)
+    p = params
+    return {"weight_ih_l0": p["W_hx"].copy(), "weight_hh_l0": p["W_hh"].copy(),
+            "bias_ih_l0": p["b_h"].copy(), "bias_hh_l0": np.zeros_like(p["b_h"]),
+            "readout.weight": p["W_yh"].copy(), "readout.bias": p["b_y"].copy()}
+
+
+def from_torch_state_dict(state) -> dict:
+    """Parameters from the six arrays of ``to_torch_state_dict``'s layout.
+
+    b_h = bias_ih_l0 + bias_hh_l0 (the two PyTorch biases act as one). Values must be NumPy
+    arrays of one float dtype: convert torch tensors first, e.g.
+    ``{k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}``. Every shape
+    is checked and an error names the tensor. Use it for parameters only, not gradients:
+    the gradient of b_h equals the gradient of either bias, not their sum.
+    """
+    if not isinstance(state, dict):
+        raise TypeError(f"state must be a dict of arrays, got {type(state).__name__}")
+    missing = [k for k in TORCH_KEYS if k not in state]
+    extra = [k for k in state if k not in TORCH_KEYS]
+    if missing or extra:
+        raise ValueError(
+            "state must hold exactly the keys " + ", ".join(TORCH_KEYS) + " (a one-layer, "
+            "unidirectional torch.nn.RNN with a Linear read-out named 'readout'); "
+            + (f"missing {', '.join(missing)}" if missing else "")
+            + ("; " if missing and extra else "")
+            + (f"unexpected {', '.join(map(str, extra))}" if extra else ""))
+    for k in TORCH_KEYS:
+        v = state[k]
+        if not isinstance(v, np.ndarray):
+            hint = (" (a torch tensor? convert it with .detach().cpu().numpy())"
+                    if hasattr(v, "detach") else "")
+            raise TypeError(f"state[{k!r}] must be a numpy.ndarray, got "
+                            f"{type(v).__name__}{hint}")
+    W_hh = state["weight_hh_l0"]
+    if W_hh.ndim != 2 or W_hh.shape[0] != W_hh.shape[1] or W_hh.shape[0] < 1:
+        raise ValueError(f"state['weight_hh_l0'] must have shape (H, H), got {W_hh.shape}")
+    H = W_hh.shape[0]
+    W_ih = state["weight_ih_l0"]
+    if W_ih.ndim != 2 or W_ih.shape[0] != H or W_ih.shape[1] < 1:
+        raise ValueError(f"state['weight_ih_l0'] must have shape (H={H}, D), "
+                         f"got {W_ih.shape}")
+    W_out = state["readout.weight"]
+    if W_out.ndim != 2 or W_out.shape[1] != H or W_out.shape[0] < 1:
+        raise ValueError(f"state['readout.weight'] must have shape (O, H={H}), "
+                         f"got {W_out.shape}")
+    O = W_out.shape[0]
+    _check_shape("state['bias_ih_l0']", state["bias_ih_l0"], (("H", H),))
+    _check_shape("state['bias_hh_l0']", state["bias_hh_l0"], (("H", H),))
+    _check_shape("state['readout.bias']", state["readout.bias"], (("O", O),))
+    dtype = W_hh.dtype
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"state['weight_hh_l0'] must have dtype float32 or float64, "
+                        f"got {dtype.name}")
+    for k in TORCH_KEYS:
+        _check_float(f"state[{k!r}]", state[k], dtype)
+    params = {"W_hx": W_ih.copy(), "W_hh": W_hh.copy(),
+              "b_h": state["bias_ih_l0"] + state["bias_hh_l0"],
+              "W_yh": W_out.copy(), "b_y": state["readout.bias"].copy()}
+    check_params(params)                                 # finiteness
+    return params
+
+
+def fixture_outputs(case: dict) -> dict:
+    """This reference run on one fixture case: the function ``verify-fixtures`` expects.
+
+    Inputs: a dict with (at least) FIXTURE_INPUT_KEYS: x, h0, target, the five parameters
+    and the conventions nonlinearity, loss_kind, output (str or 0-d string arrays).
+    Returns {"h", "y", "loss" (0-d array), "grad_W_hx", ..., "grad_x", "grad_h0"}.
+    """
+    conv = {k: str(case[k]) for k in ("nonlinearity", "loss_kind", "output")}
+    params = {k: case[k] for k in PARAM_NAMES}
+    h, _ = forward(params, case["x"], case["h0"], conv["nonlinearity"])
+    y = readout(params, h, conv["output"])
+    L, grads = loss_and_grads(params, case["x"], case["target"], loss=conv["loss_kind"],
+                              output=conv["output"], nonlinearity=conv["nonlinearity"],
+                              h0=case["h0"])
+    out = {"h": np.array(h), "y": y, "loss": np.asarray(L)}
+    out.update({f"grad_{k}": v for k, v in grads.items()})
+    return out
+
+
+def _fixture_error(path, what):
+    return ValueError(f"{path} is not a valid nprnn-ref fixture (format version "
+                      f"{FIXTURE_FORMAT_VERSION}): {what}")
+
+
+def load_fixture(path) -> dict:
+    """Read and validate one golden-fixture .npz file (never unpickles anything).
+
+    Returns a dict with FIXTURE_KEYS: the arrays, with 0-d string arrays for the
+    conventions and a 0-d integer format_version. Raises FileNotFoundError for a missing
+    file and ValueError naming the problem for a damaged or foreign file: not a zip archive,
+    a corrupt member, pickled objects, missing or unexpected keys, another format version,
+    unknown conventions, wrong shapes or dtypes, non-finite values.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"fixture file {path} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise _fixture_error(path, "not an .npz (zip) archive")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            case = {k: z[k] for k in z.files}            # reads (and CRC-checks) every member
+    except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, KeyError) as e:
+        raise _fixture_error(path, f"cannot read it ({type(e).__name__}: {e})") from None
+    missing = [k for k in FIXTURE_KEYS if k not in case]
+    extra = sorted(set(case) - set(FIXTURE_KEYS))
+    if "format_version" in case:
+        v = case["format_version"]
+        if v.shape != () or not np.issubdtype(v.dtype, np.integer) \
+                or int(v) != FIXTURE_FORMAT_VERSION:
+            raise _fixture_error(path, f"format_version is {v!r}, this reader understands "
+                                 f"{FIXTURE_FORMAT_VERSION}")
+    if missing or extra:
+        raise _fixture_error(path, (f"missing keys {', '.join(missing)}" if missing else "")
+                             + ("; " if missing and extra else "")
+                             + (f"unexpected keys {', '.join(extra)}" if extra else ""))
+    for k, valid in (("nonlinearity", NONLINEARITIES), ("loss_kind", LOSSES),
+                     ("output", OUTPUTS)):
+        v = case[k]
+        if v.shape != () or v.dtype.kind != "U" or str(v) not in valid:
+            raise _fixture_error(path, f"{k} must be a 0-d string, one of {valid}, "
+                                 f"got {v!r}")
+    try:
+        H, D, O, dtype = check_params({k: case[k] for k in PARAM_NAMES})
+    except (TypeError, ValueError) as e:
+        raise _fixture_error(path, str(e)) from None
+    x = case["x"]
+    if x.ndim != 3 or x.shape[0] < 1 or x.shape[1] < 1:
+        raise _fixture_error(path, f"x must have shape (T, B, D={D}), got {x.shape}")
+    T, B = x.shape[:2]
+    last = case["output"] == "last"
+    lead = (B,) if last else (T, B)
+    xent = case["loss_kind"] == "xent"
+    shapes = {"x": (T, B, D), "h0": (B, H), "target": lead if xent else lead + (O,),
+              "h": (T, B, H), "y": lead + (O,), "loss": (),
+              "grad_x": (T, B, D), "grad_h0": (B, H)}
+    shapes.update({f"grad_{k}": case[k].shape for k in PARAM_NAMES})
+    for k, shape in shapes.items():
+        a = case[k]
+        if a.shape != shape:
+            raise _fixture_error(path, f"{k} must have shape {shape}, got {a.shape}")
+        if k == "target" and xent:
+            if not np.issubdtype(a.dtype, np.integer):
+                raise _fixture_error(path, f"target must hold integer labels for xent, "
+                                     f"got dtype {a.dtype.name}")
+            if a.size and (a.min() < 0 or a.max() >= O):
+                raise _fixture_error(path, f"target labels must lie in [0, O={O})")
+            continue
+        if a.dtype != dtype:
+            raise _fixture_error(path, f"{k} must have dtype {dtype.name} (the "
+                                 f"parameters'), got {a.dtype.name}")
+        if not np.all(np.isfinite(a)):
+            raise _fixture_error(path, f"{k} has non-finite values")
+    return case
+
+
+@dataclass(frozen=True)
+class TensorCheck:
+    """One row of a CompareReport.
+
+    status: "pass", "fail" (some element outside tolerance), "missing" (not in actual),
+    "shape" (shape mismatch), "non-finite" (NaN or inf in actual or expected), "type"
+    (actual is not a numeric NumPy array or scalar), "extra" (in actual only: not compared,
+    does not fail). Errors are None when not computed; indices are tuples.
+    """
+    name: str
+    status: str
+    shape: tuple | None = None
+    max_abs: float | None = None          # max |a - e|
+    abs_index: tuple | None = None
+    max_rel: float | None = None          # max |a - e| / |e| (inf where e = 0 != a)
+    rel_index: tuple | None = None
+    worst_ratio: float | None = None      # max |a - e| / (atol + rtol |e|): passes iff <= 1
+    n_bad: int = 0                        # elements with |a - e| > atol + rtol |e|
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("pass", "extra")
+
+
+@dataclass(frozen=True)
+class CompareReport:
+    """The verdict of ``compare``: one TensorCheck per tensor; ``ok`` is True when every
+    expected tensor passed. ``str(report)`` is ``report.table()``."""
+    checks: tuple
+    rtol: float
+    atol: float
+
+    @property
+    def ok(self) -> bool:
+        return all(c.ok for c in self.checks)
+
+    def failures(self) -> list:
+        return [c for c in self.checks if not c.ok]
+
+    def table(self) -> str:
+        def idx(i, err):
+            if i is None or not err:
+                return ""
+            return "(" + ",".join(map(str, i)) + ("," if len(i) == 1 else "") + ")"
+
+        def num(v):
+            return "" if v is None else f"{v:.3g}"
+        rows = [("tensor", "status", "shape", "max abs err", "at", "max rel err", "at",
+                 "err/tol", "bad elems")]
+        for c in self.checks:
+            rows.append((str(c.name), c.status.upper() if not c.ok else c.status,
+                         "" if c.shape is None else str(c.shape), num(c.max_abs),
+                         idx(c.abs_index, c.max_abs), num(c.max_rel),
+                         idx(c.rel_index, c.max_rel), num(c.worst_ratio),
+                         str(c.n_bad) if c.status in ("fail", "non-finite") else ""))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+        for c in self.checks:
+            if c.detail:
+                lines.append(f"  {c.name!s}: {c.detail}")
+        verdict = "PASS" if self.ok else f"FAIL ({len(self.failures())} tensor(s))"
+        lines.append(f"{verdict} with rtol={self.rtol:g}, atol={self.atol:g} "
+                     "(element passes when |a - e| <= atol + rtol * |e|)")
+        return "\n".join(lines)
+
+    __str__ = table
+
+
+def _check_one(name, e, a, rtol, atol) -> TensorCheck:
+    if not isinstance(a, (np.ndarray, np.generic, int, float)) or isinstance(a, bool):
+        hint = " (a torch tensor? return .detach().cpu().numpy())" \
+            if hasattr(a, "detach") else ""
+        return TensorCheck(name, "type", detail=f"expected a numpy.ndarray, got "
+                           f"{type(a).__name__}{hint}")
+    a, e = np.asarray(a), np.asarray(e)
+    if a.dtype.kind not in "biuf" or e.dtype.kind not in "biuf":
+        return TensorCheck(name, "type", detail=f"expected a numeric array, got dtype "
+                           f"{a.dtype} (expected dtype {e.dtype})")
+    if a.shape != e.shape:
+        return TensorCheck(name, "shape", shape=a.shape,
+                           detail=f"expected shape {e.shape}, got {a.shape}")
+    a64, e64 = a.astype(np.float64), e.astype(np.float64)
+    for which, arr in (("actual", a64), ("expected", e64)):
+        bad = ~np.isfinite(arr)
+        if bad.any():
+            i = tuple(int(j) for j in np.argwhere(bad)[0])
+            return TensorCheck(name, "non-finite", shape=a.shape, n_bad=int(bad.sum()),
+                               detail=f"{which} has {int(bad.sum())} non-finite value(s), "
+                               f"first {arr[i]} at index {i}")
+    if a.size == 0:
+        return TensorCheck(name, "pass", shape=a.shape, max_abs=0.0, max_rel=0.0,
+                           worst_ratio=0.0)
+    err = np.abs(a64 - e64)
+    tol = atol + rtol * np.abs(e64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(err == 0, 0.0, err / np.abs(e64))
+        ratio = np.where(err == 0, 0.0, err / tol)
+    ia, ir = np.unravel_index(np.argmax(err), err.shape), \
+        np.unravel_index(np.argmax(rel), rel.shape)
+    n_bad = int(np.count_nonzero(err > tol))
+    return TensorCheck(name, "pass" if n_bad == 0 else "fail", shape=a.shape,
+                       max_abs=float(err[ia]), abs_index=tuple(int(i) for i in ia),
+                       max_rel=float(rel[ir]), rel_index=tuple(int(i) for i in ir),
+                       worst_ratio=float(ratio.max()), n_bad=n_bad)
+
+
+def compare(expected: dict, actual: dict, rtol: float, atol: float) -> CompareReport:
+    """Compare two dicts of arrays tensor by tensor, with numpy.isclose's rule.
+
+    An expected tensor passes when actual has it, with the same shape, all values finite,
+    and every element satisfies |a - e| <= atol + rtol * |e| (computed in float64). Each
+    TensorCheck records the worst absolute error |a - e| and the worst relative error
+    |a - e| / |e| with the index where each occurs. Keys only in ``actual`` are listed as
+    "extra" and not compared. Dtypes may differ (a float32 result can be checked against
+    float64 values); actual values must be NumPy arrays or scalars.
+    """
+    for argname, d in (("expected", expected), ("actual", actual)):
+        if not isinstance(d, dict):
+            raise TypeError(f"{argname} must be a dict of arrays, got {type(d).__name__}")
+    for argname, v in (("rtol", rtol), ("atol", atol)):
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) \
+                or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{argname} must be a finite number >= 0, got {v!r}")
+    checks = [TensorCheck(k, "missing", detail="not returned") if k not in actual
+              else _check_one(k, expected[k], actual[k], float(rtol), float(atol))
+              for k in expected]
+    checks += [TensorCheck(k, "extra", detail="not in expected, not compared")
+               for k in actual if k not in expected]
+    return CompareReport(tuple(checks), float(rtol), float(atol))
