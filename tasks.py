@@ -299,8 +299,9 @@ def mixed_sign_fraction(n: int, draws: int, rng: np.random.Generator) -> float:
 
 
 def dynamics_report(hidden=100, starts=200, matrices=20, draws=1000, seed=0,
-                    out=sys.stdout) -> dict:
+                    out=None) -> dict:
     """The four 2-node cases, and np_init at N = hidden under the same zero-input map."""
+    out = sys.stdout if out is None else out
     cases = nr.two_node_cases()
     h0 = np.array([[1.0, 0.25]])
     T2 = 50
@@ -364,7 +365,8 @@ def dynamics_report(hidden=100, starts=200, matrices=20, draws=1000, seed=0,
             "fractions": fractions, "N": N}
 
 
-def plot_dynamics(result, path, Figure, out=sys.stdout):
+def plot_dynamics(result, path, Figure, out=None):
+    out = sys.stdout if out is None else out
     fig = Figure(figsize=(10.5, 6.7), layout="constrained")
     axes = fig.subplots(2, 3)
     g = np.linspace(0.0, 2.0, 11)
@@ -469,7 +471,8 @@ def _curve_table(title, curves, ratio_name, out):
 
 
 def gradflow_report(schemes=ANALYSIS_SCHEMES, hidden=100, seq_len=None, batch=32, seed=0,
-                    trained=None, out=sys.stdout) -> dict:
+                    trained=None, out=None) -> dict:
+    out = sys.stdout if out is None else out
     models, x, target = _analysis_models(schemes, hidden, seq_len, batch, seed, trained)
     curves = {}
     for label, params, nl in models:
@@ -483,7 +486,8 @@ def gradflow_report(schemes=ANALYSIS_SCHEMES, hidden=100, seq_len=None, batch=32
 
 
 def sensitivity_report(schemes=ANALYSIS_SCHEMES, hidden=100, seq_len=None, batch=32, seed=0,
-                       trained=None, out=sys.stdout) -> dict:
+                       trained=None, out=None) -> dict:
+    out = sys.stdout if out is None else out
     models, x, target = _analysis_models(schemes, hidden, seq_len, batch, seed, trained)
     curves = {}
     for label, params, nl in models:
@@ -494,7 +498,8 @@ def sensitivity_report(schemes=ANALYSIS_SCHEMES, hidden=100, seq_len=None, batch
     return curves
 
 
-def plot_curves(curves, path, Figure, ylabel, title, out=sys.stdout):
+def plot_curves(curves, path, Figure, ylabel, title, out=None):
+    out = sys.stdout if out is None else out
     fig = Figure(figsize=(8, 4.8), layout="constrained")
     ax = fig.subplots()
     floor = 1e-40                                          # lower end of the y axis
@@ -519,7 +524,8 @@ def plot_curves(curves, path, Figure, ylabel, title, out=sys.stdout):
 # ---- spectrum ---------------------------------------------------------------------------
 
 def spectrum_report(schemes=ANALYSIS_SCHEMES, hidden=100, seed=0, trained=None,
-                    out=sys.stdout) -> dict:
+                    out=None) -> dict:
+    out = sys.stdout if out is None else out
     if trained is not None:
         models, _, _ = _analysis_models((), hidden, 2, 1, seed, trained)
     else:
@@ -542,7 +548,8 @@ def spectrum_report(schemes=ANALYSIS_SCHEMES, hidden=100, seed=0, trained=None,
     return specs
 
 
-def plot_spectrum(specs, path, Figure, out=sys.stdout):
+def plot_spectrum(specs, path, Figure, out=None):
+    out = sys.stdout if out is None else out
     fig = Figure(figsize=(11, 4.6), layout="constrained")
     ax1, ax2 = fig.subplots(1, 2)
     markers = "os^vDx+*"
