@@ -241,7 +241,10 @@ def _read_checkpoint_params(path: str):
     if need:
         raise ValueError(f"checkpoint {path!r}: config is missing {', '.join(need)}")
     params = {k: data[k] for k in nr.PARAM_NAMES}
-    nr.check_params(params)
+    try:
+        nr.check_params(params)
+    except TypeError as e:
+        raise ValueError(f"checkpoint {path!r}: {e}")
     return {"params": params, "config": config, "step": int(data["step"])}
 
 
@@ -430,26 +433,39 @@ def plot_dynamics(result, path, Figure, out=None):
 
 # ---- gradflow and sensitivity -----------------------------------------------------------
 
-def _analysis_models(schemes, hidden, seq_len, batch, seed, trained):
-    """[(label, params, nonlinearity)], and the shared adding batch (x, target)."""
+def _analysis_models(schemes, hidden, seed, trained):
+    """[(label, params, nonlinearity)], and (task, seq_len) of the checkpoint or None.
+
+    Without a checkpoint: a fresh initialisation of every scheme (weights seeded by
+    (seed, 1), the same for every scheme). With one: a fresh initialisation of its scheme
+    at its size (not the run's own initial weights), then the trained weights.
+    """
+    if trained is None:
+        return [(s, nr.init_params(2, hidden, 1, s, np.random.default_rng((seed, 1))),
+                 nr.SCHEMES[s].nonlinearity) for s in schemes], None
+    params, config, step = _load_trained(trained)
+    hidden = params["W_hh"].shape[0]
+    scheme = str(config["scheme"])
     models = []
-    if trained is not None:
-        params, config, step = _load_trained(trained)
-        hidden = params["W_hh"].shape[0]
-        seq_len = seq_len or int(config["seq_len"])
-        scheme = config["scheme"]
-        if scheme in nr.SCHEMES:
-            init = nr.init_params(2, hidden, 1, scheme, np.random.default_rng((seed, 1)))
-            models.append((f"{scheme} (init)", init, nr.SCHEMES[scheme].nonlinearity))
-        models.append((f"{scheme} (trained, step {step})", params, config["nonlinearity"]))
-    else:
-        for s in schemes:
-            models.append((s, nr.init_params(2, hidden, 1, s,
-                                              np.random.default_rng((seed, 1))),
-                           nr.SCHEMES[s].nonlinearity))
-    seq_len = seq_len or 400
-    x, target = _analysis_adding_batch(batch, seq_len, np.random.default_rng(seed))
-    return models, x, target
+    if scheme in nr.SCHEMES:
+        init = nr.init_params(2, hidden, 1, scheme, np.random.default_rng((seed, 1)),
+                              dtype=params["W_hh"].dtype)
+        models.append((f"{scheme} (init)", init, nr.SCHEMES[scheme].nonlinearity))
+    models.append((f"{scheme} (trained, step {step})", params, config["nonlinearity"]))
+    return models, (config["task"], int(config["seq_len"]))
+
+
+def _analysis_data(models, trained_info, seq_len, batch, seed):
+    """One adding-problem batch shared by every model (the data rng is seeded by seed):
+    x (T, B, 2), target (B, 1); a multiplication checkpoint gets the product target."""
+    task, T = trained_info if trained_info else ("adding", 400)
+    T = seq_len or T
+    x, target = _analysis_adding_batch(batch, T, np.random.default_rng(seed))
+    if task == "multiplication":
+        marked = np.where(x[:, :, 1] == 1.0, x[:, :, 0], 1.0)          # (T, B)
+        target = marked.prod(axis=0)[:, None]                           # (B, 1)
+    dtype = models[-1][1]["W_hh"].dtype                                 # the params' dtype
+    return x.astype(dtype), target.astype(dtype)
 
 
 def _curve_table(title, curves, ratio_name, out):
@@ -473,7 +489,8 @@ def _curve_table(title, curves, ratio_name, out):
 def gradflow_report(schemes=ANALYSIS_SCHEMES, hidden=100, seq_len=None, batch=32, seed=0,
                     trained=None, out=None) -> dict:
     out = sys.stdout if out is None else out
-    models, x, target = _analysis_models(schemes, hidden, seq_len, batch, seed, trained)
+    models, info = _analysis_models(schemes, hidden, seed, trained)
+    x, target = _analysis_data(models, info, seq_len, batch, seed)
     curves = {}
     for label, params, nl in models:
         curves[label] = nr.gradient_norms_through_time(params, x, target, loss="mse",
@@ -488,7 +505,8 @@ def gradflow_report(schemes=ANALYSIS_SCHEMES, hidden=100, seq_len=None, batch=32
 def sensitivity_report(schemes=ANALYSIS_SCHEMES, hidden=100, seq_len=None, batch=32, seed=0,
                        trained=None, out=None) -> dict:
     out = sys.stdout if out is None else out
-    models, x, target = _analysis_models(schemes, hidden, seq_len, batch, seed, trained)
+    models, info = _analysis_models(schemes, hidden, seed, trained)
+    x, _ = _analysis_data(models, info, seq_len, batch, seed)
     curves = {}
     for label, params, nl in models:
         curves[label] = nr.input_sensitivity(params, x, nonlinearity=nl)[1]
@@ -526,11 +544,7 @@ def plot_curves(curves, path, Figure, ylabel, title, out=None):
 def spectrum_report(schemes=ANALYSIS_SCHEMES, hidden=100, seed=0, trained=None,
                     out=None) -> dict:
     out = sys.stdout if out is None else out
-    if trained is not None:
-        models, _, _ = _analysis_models((), hidden, 2, 1, seed, trained)
-    else:
-        models = [(s, nr.init_params(2, hidden, 1, s, np.random.default_rng((seed, 1))),
-                   nr.SCHEMES[s].nonlinearity) for s in schemes]
+    models, _ = _analysis_models(schemes, hidden, seed, trained)
     specs = {}
     print(f"Spectrum of W_hh (seed {seed}); |lambda| sorted decreasing:", file=out)
     w = max(12, max(len(m[0]) for m in models))

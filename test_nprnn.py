@@ -443,3 +443,17 @@ def test_analysis_commands_reject_bad_checkpoints_and_options(tmp_path, capsys):
     with pytest.raises(SystemExit):
         tasks.main(["gradflow", "--schemes", "np,bogus"])
     assert "--schemes must be a comma-separated list" in capsys.readouterr().err
+
+
+def test_analysis_data_follows_the_checkpoint_task_and_dtype():
+    models = [("m", nr.init_params(2, 3, 1, "np", np.random.default_rng(0), np.float32),
+               "relu")]
+    x, target = tasks._analysis_data(models, ("multiplication", 8), None, 5, seed=0)
+    assert x.shape == (8, 5, 2) and x.dtype == np.float32 and target.dtype == np.float32
+    m = x[:, :, 1] == 1
+    expected = [np.prod(x[m[:, b], b, 0]) for b in range(5)]   # the two marked values
+    np.testing.assert_allclose(target[:, 0], expected, rtol=1e-6)
+    x, target = tasks._analysis_data(models, ("adding", 8), 12, 5, seed=0)
+    assert x.shape == (12, 5, 2)                                 # --seq-len overrides
+    np.testing.assert_allclose(target[:, 0], (x[:, :, 0] * x[:, :, 1]).sum(axis=0),
+                               rtol=1e-6)
