@@ -301,6 +301,28 @@ def mixed_sign_fraction(n: int, draws: int, rng: np.random.Generator) -> float:
     return mixed / draws
 
 
+def np_init_two_node_fates(draws: int, rng: np.random.Generator, starts: int = 5,
+                           steps: int = 2000) -> dict:
+    """Where zero-input ReLU trajectories of np_init(2) end, split by the sign of the
+    off-diagonal entry (> 0: W >= 0 and the top eigenvector is positive; < 0: it has mixed
+    signs). All draws are iterated at once (a batched h <- max(0, W h))."""
+    Ws = np.stack([nr.np_init(2, rng) for _ in range(draws)])           # (draws, 2, 2)
+    h0 = rng.uniform(0.0, 1.0, size=(draws, starts, 2))
+    h = h0.copy()
+    for _ in range(steps):
+        h = np.maximum(np.einsum("dij,dkj->dki", Ws, h), 0.0)           # (draws, K, 2)
+    v = np.linalg.eigh(Ws)[1][:, :, -1]                                  # (draws, 2)
+    v *= np.sign(v.sum(axis=1, keepdims=True))
+    line = np.einsum("dk,di->dki", np.einsum("dkj,dj->dk", h0, v), v)   # (v . h0) v
+    scale = np.linalg.norm(h0, axis=2)                                   # (draws, K)
+    on_line = np.linalg.norm(h - line, axis=2) < 1e-6 * scale
+    at_zero = np.linalg.norm(h, axis=2) < 1e-6 * scale
+    pos = Ws[:, 0, 1] > 0
+    return {"nonneg": int(pos.sum()), "line_pos": int(on_line[pos].sum()),
+            "zero_neg": int(at_zero[~pos].sum()),
+            "max_neg": float((np.linalg.norm(h, axis=2) / scale)[~pos].max(initial=0.0))}
+
+
 def dynamics_report(hidden=100, starts=200, matrices=20, draws=1000, seed=0,
                     out=None) -> dict:
     """The four 2-node cases, and np_init at N = hidden under the same zero-input map."""
@@ -312,14 +334,12 @@ def dynamics_report(hidden=100, starts=200, matrices=20, draws=1000, seed=0,
           f"from h_0 = (1, 0.25), {T2} steps:", file=out)
     print(f"{'case':<5} {'W':<28} {'eigenvalues':<14} {'h_50 (measured)':<24} "
           "where non-negative trajectories end", file=out)
-    portraits = []
     for c in cases:
         hT = nr.autonomous_trajectories(c.W, h0, T2)[-1, 0]
         W = "[[%g, %g], [%g, %g]]" % tuple(c.W.ravel())
         ev = ", ".join(f"{e:g}" for e in c.eigenvalues)
         end = f"({hT[0]:.4g}, {hT[1]:.4g})"
         print(f"({c.key})  {W:<28} {ev:<14} {end:<24} {c.fate}", file=out)
-        portraits.append(c)
 
     N = hidden
     rng = np.random.default_rng(seed)
@@ -364,7 +384,17 @@ def dynamics_report(hidden=100, starts=200, matrices=20, draws=1000, seed=0,
     for n in (2, 5, 10, 100):
         fractions[n] = mixed_sign_fraction(n, draws, mrng)
         print(f"  N = {n:>3}: {fractions[n]:.3f}", file=out)
-    return {"cases": portraits, "relu": relu, "linear": linear, "irnn": irnn,
+    two = np_init_two_node_fates(draws, mrng)
+    neg = draws - two["nonneg"]
+    print(f"\nnp_init at N = 2 ({draws} draws, 5 non-negative starts each, 2000 steps), by "
+          f"the sign of the off-diagonal entry:", file=out)
+    print(f"  > 0 (W >= 0, top eigenvector positive): {two['nonneg']:>5} draws; "
+          f"{two['line_pos']}/{5 * two['nonneg']} trajectories at (v . h0) v "
+          f"(within 1e-6 |h0|)", file=out)
+    print(f"  < 0 (top eigenvector of mixed signs):   {neg:>5} draws; "
+          f"{two['zero_neg']}/{5 * neg} trajectories at 0 (|h| < 1e-6 |h0|), the largest "
+          f"|h_2000| / |h_0| is {two['max_neg']:.3g}", file=out)
+    return {"cases": cases, "relu": relu, "linear": linear, "irnn": irnn,
             "fractions": fractions, "N": N}
 
 
@@ -530,7 +560,8 @@ def plot_curves(curves, path, Figure, ylabel, title, out=None):
             zero = np.nonzero(c == 0)[0]
             label += f"; 0.0 in float64 for t <= {zero[-1] + 1})" if zero.size else ")"
         ax.semilogy(t, pos, label=label)
-    ax.set_ylim(bottom=floor)
+    top = max(float(np.max(c)) for c in curves.values())
+    ax.set_ylim(floor, 10 * top if top > 0 else 1.0)
     ax.set_xlabel("step t")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)

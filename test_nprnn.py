@@ -457,3 +457,12 @@ def test_analysis_data_follows_the_checkpoint_task_and_dtype():
     assert x.shape == (12, 5, 2)                                 # --seq-len overrides
     np.testing.assert_allclose(target[:, 0], (x[:, :, 0] * x[:, :, 1]).sum(axis=0),
                                rtol=1e-6)
+
+
+def test_np_init_two_nodes_follow_case_c_exactly_when_the_off_diagonal_is_positive():
+    # N = 2: W = [[a, b], [b, c]] with b > 0 is non-negative, so case (c) holds exactly;
+    # with b < 0 the top eigenvector has mixed signs and ReLU never lets a state grow.
+    fates = tasks.np_init_two_node_fates(60, np.random.default_rng(5))
+    assert 0 < fates["nonneg"] < 60
+    assert fates["line_pos"] == 5 * fates["nonneg"]
+    assert fates["zero_neg"] > 0 and fates["max_neg"] <= 1.0
