@@ -561,7 +561,9 @@ def plot_curves(curves, path, Figure, ylabel, title, out=None):
             label += f"; 0.0 in float64 for t <= {zero[-1] + 1})" if zero.size else ")"
         ax.semilogy(t, pos, label=label)
     top = max(float(np.max(c)) for c in curves.values())
-    ax.set_ylim(floor, 10 * top if top > 0 else 1.0)
+    low = min(float(np.min(c[c > 0], initial=np.inf)) for c in curves.values())
+    ax.set_ylim(max(floor, low / 10) if np.isfinite(low) else floor,
+                10 * top if top > 0 else 1.0)
     ax.set_xlabel("step t")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
