@@ -613,6 +613,205 @@ def sgd_step(params: dict, grads: dict, velocity: dict | None, lr: float,
 
 
 # ---------------------------------------------------------------------------------------
+# Analysis: the paper's dynamical-systems argument, made runnable
+# ---------------------------------------------------------------------------------------
+#
+# With zero input and zero bias the ReLU network is the map h_{t+1} = max(0, W_hh h_t).
+# For a symmetric positive-definite W_hh with non-negative entries a non-negative state is
+# never clipped, so the map is linear on the non-negative orthant and its eigenvalues
+# decide everything (the paper's 2-node picture, cases (a) to (d)). The np_init matrix
+# has entries of both signs: there ReLU clips, and the picture must be measured, not
+# assumed. The functions below compute the quantities the argument is about.
+
+__all__ += ["autonomous_trajectories", "TwoNodeCase", "two_node_cases",
+            "gradient_norms_through_time", "input_sensitivity", "Spectrum", "spectrum"]
+
+
+def _check_square(argname: str, W) -> np.ndarray:
+    _as_array(argname, W)
+    if W.ndim != 2 or W.shape[0] != W.shape[1] or W.shape[0] < 1:
+        raise ValueError(f"{argname} must be a square matrix of shape (N, N) with N >= 1, "
+                         f"got shape {tuple(W.shape)}")
+    if W.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{argname} must have dtype float32 or float64, got {W.dtype.name}")
+    _check_finite(argname, W)
+    return W
+
+
+def autonomous_trajectories(W: np.ndarray, h0s: np.ndarray, steps: int) -> np.ndarray:
+    """The zero-input, zero-bias ReLU map, from K starting points at once.
+
+        h_{t+1} = max(0, W h_t),    t = 0 .. steps - 1
+
+    Inputs
+    - W: (N, N) recurrent matrix (W_hh), float32 or float64
+    - h0s: (K, N) starting states, one per row, of W's dtype
+    - steps: number of steps, an int >= 0
+
+    Returns traj: (steps + 1, K, N), traj[t, k] = h_t from the start h0s[k]
+    (traj[0] is a copy of h0s). Starts with negative entries are allowed; the first
+    step clips them like any other state.
+    """
+    W = _check_square("W", W)
+    N = W.shape[0]
+    _as_array("h0s", h0s)
+    if h0s.ndim != 2 or h0s.shape[1] != N or h0s.shape[0] < 1:
+        raise ValueError(f"h0s must have shape (K, N={N}) with K >= 1 (one starting state "
+                         f"per row), got {tuple(h0s.shape)}")
+    _check_float("h0s", h0s, W.dtype)
+    _check_finite("h0s", h0s)
+    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
+        raise TypeError(f"steps must be an int >= 0, got {type(steps).__name__} {steps!r}")
+    if steps < 0:
+        raise ValueError(f"steps must be an int >= 0, got {steps}")
+    traj = np.empty((int(steps) + 1,) + h0s.shape, W.dtype)   # (steps + 1, K, N)
+    traj[0] = h0s
+    W_T = W.T
+    for t in range(int(steps)):
+        np.matmul(traj[t], W_T, out=traj[t + 1])                # (K, N): rows W h_t
+        np.maximum(traj[t + 1], 0.0, out=traj[t + 1])
+    return traj
+
+
+@dataclass(frozen=True)
+class TwoNodeCase:
+    """One of the paper's 2-node cases: a 2 x 2 symmetric positive-definite W with
+    non-negative entries, its eigenvalues (decreasing), its top eigenvector (unit norm,
+    non-negative: the Perron vector) and where non-negative trajectories end."""
+    key: str
+    title: str
+    W: np.ndarray
+    eigenvalues: np.ndarray
+    top_eigenvector: np.ndarray
+    fate: str
+
+
+def two_node_cases() -> tuple:
+    """The four 2-node cases of the paper, as TwoNodeCase (a), (b), (c), (d).
+
+    Every W is symmetric, positive definite and has non-negative entries, so
+    W h >= 0 whenever h >= 0: ReLU never clips a non-negative state and
+    h_t = W^t h_0 = sum_i lambda_i^t (u_i . h_0) u_i exactly (u_i the eigenvectors).
+    The entries are dyadic, so every W and eigenvalue is exact in binary floating point:
+
+    - (a) [[1/2, 1/4], [1/4, 1/2]]: lambda = 3/4, 1/4 < 1: h_t -> 0
+    - (b) I: lambda = 1, 1: h_t = h_0, every state is a (neutral) fixed point
+    - (c) [[3/4, 1/4], [1/4, 3/4]]: lambda = 1, 1/2: h_t -> (v . h_0) v,
+      v = (1, 1) / sqrt(2), a line attractor along the top eigenvector
+    - (d) [[1, 1/4], [1/4, 1]]: lambda = 5/4, 3/4: |h_t| ~ (5/4)^t (v . h_0), growing
+      along v = (1, 1) / sqrt(2)
+    """
+    s = 1.0 / math.sqrt(2.0)
+    specs = (
+        ("a", "all eigenvalues < 1", [[0.5, 0.25], [0.25, 0.5]],
+         "the origin: every state decays (like 0.75^t)"),
+        ("b", "all eigenvalues = 1 (W = I, IRNN)", [[1.0, 0.0], [0.0, 1.0]],
+         "where it started: every state is a neutral fixed point"),
+        ("c", "largest eigenvalue = 1, other < 1", [[0.75, 0.25], [0.25, 0.75]],
+         "(v . h0) v on the line along v = (1, 1)/sqrt 2 (line attractor)"),
+        ("d", "one eigenvalue > 1", [[1.0, 0.25], [0.25, 1.0]],
+         "infinity along v = (1, 1)/sqrt 2, |h_t| ~ 1.25^t"),
+    )
+    cases = []
+    for key, title, W, fate in specs:
+        W = np.array(W)
+        lam, U = np.linalg.eigh(W)                       # ascending
+        v = U[:, -1] * np.sign(U[:, -1].sum())           # the non-negative Perron vector
+        if key == "b":
+            v = np.array([s, s])                         # any unit vector is "top" for I
+        cases.append(TwoNodeCase(key, title, W, lam[::-1].copy(), v, fate))
+    return tuple(cases)
+
+
+def gradient_norms_through_time(params: dict, x: np.ndarray, target: np.ndarray, *,
+                                loss: str = "mse", output: str = "last",
+                                nonlinearity: str = "relu",
+                                h0: np.ndarray | None = None) -> np.ndarray:
+    """|dL/dh_t| for t = 1..T: how the loss gradient flows back through time.
+
+        g_t = dL/dh_t (the total gradient, as in ``backward``: g_t = dh_t + W_hh^T delta_{t+1})
+        norm_t = ||g_t||_F = sqrt(sum_{b, i} g_t[b, i]^2)
+
+    L is the batch loss of ``loss_and_grads`` (a mean over the batch), and the norm is
+    the Frobenius norm of the (B, H) gradient at step t, i.e. the Euclidean norm of the
+    gradient of L with respect to the stacked states h_t of all B sequences. Vanishing
+    gradients show as norm_1 << norm_T, exploding ones as norm_1 >> norm_T.
+
+    Inputs as in ``loss_and_grads``: params, x (T, B, D), target, loss, output,
+    nonlinearity, h0 (B, H) or None.
+    Returns norms: (T,), norms[t - 1] = ||dL/dh_t||_F, of the params' dtype.
+    """
+    _check_choice("loss", loss, LOSSES)
+    _check_choice("output", output, OUTPUTS)
+    _check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
+    H, D, O, dtype = check_params(params)
+    T, B = _check_x(x, D, dtype)
+    _check_target(target, loss, output, T, B, O, dtype)
+    h, cache = forward(params, x, h0, nonlinearity)     # (T, B, H)
+    y = readout(params, h, output)
+    _, dy = loss_fn(y, target, loss)
+    dh, _ = readout_backward(dy, params, h, output)      # (T, B, H) direct gradients
+    g = backward(dh, cache, return_dh=True)[3]           # (T, B, H) total dL/dh_t
+    return np.sqrt(np.einsum("tbh,tbh->t", g, g))        # (T,)
+
+
+def input_sensitivity(params: dict, x: np.ndarray, *, nonlinearity: str = "relu",
+                      h0: np.ndarray | None = None):
+    """How strongly the last hidden state depends on each input: ||d h_T / d x_t||_F.
+
+        J_t[b] = d h_T[b] / d x_t[b],  an (H, D) Jacobian per sequence b
+        S[t, b] = ||J_t[b]||_F = sqrt(sum_{i, d} (d h_T[b, i] / d x_t[b, d])^2)
+
+    Computed exactly with H backward passes through one forward pass: pass i seeds
+    dL/dh_T = e_i for every sequence at once (sequences do not interact), so backward's
+    dx[t, b] is row i of J_t[b]; S sums the squares over the H passes.
+
+    Inputs: params (W_hx, W_hh, b_h are read), x (T, B, D), nonlinearity, h0 (B, H) or None.
+    Returns (per_sequence, mean): per_sequence (T, B) with per_sequence[t - 1, b] =
+    ||J_t[b]||_F, and mean (T,), its mean over the batch.
+    """
+    _check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
+    H, D, _, dtype = check_params(params, readout=False)
+    T, B = _check_x(x, D, dtype)
+    _, cache = forward(params, x, h0, nonlinearity)
+    sq = np.zeros((T, B), dtype)                         # running sum of squares
+    seed = np.zeros((T, B, H), dtype)                    # dL/dh: e_i at the last step
+    for i in range(H):
+        seed[T - 1, :, i] = 1.0
+        dx = backward(seed, cache)[0]                    # (T, B, D): row i of J_t[b]
+        sq += np.einsum("tbd,tbd->tb", dx, dx)
+        seed[T - 1, :, i] = 0.0
+    per_sequence = np.sqrt(sq)                           # (T, B)
+    return per_sequence, per_sequence.mean(axis=1)
+
+
+@dataclass(frozen=True)
+class Spectrum:
+    """eigenvalues: all N, sorted by decreasing modulus (float if W is symmetric, else
+    complex); radius: the spectral radius max |lambda|; norm: the spectral norm, the
+    largest singular value; symmetric: whether W == W^T exactly (eigvalsh was used)."""
+    eigenvalues: np.ndarray
+    radius: float
+    norm: float
+    symmetric: bool
+
+
+def spectrum(W: np.ndarray) -> Spectrum:
+    """Eigenvalues, spectral radius and norm of a recurrent matrix.
+
+        W u_i = lambda_i u_i,  |lambda_1| >= |lambda_2| >= ... >= |lambda_N|
+        radius = |lambda_1|,   norm = sigma_max(W) = max_{|h| = 1} |W h| >= radius
+
+    eigvalsh (real eigenvalues, stable) when W is exactly symmetric, eigvals otherwise
+    (trained weights are in general not symmetric). Ties in modulus keep eigvalsh's /
+    eigvals' order (a stable sort).
+    """
+    W = _check_square("W", W)
+    symmetric = bool(np.array_equal(W, W.T))
+    ev = np.linalg.eigvalsh(W) if symmetric else np.linalg.eigvals(W)
+    ev = ev[np.argsort(-np.abs(ev), kind="stable")]
+    return Spectrum(ev, float(np.abs(ev[0])), float(np.linalg.norm(W, 2)), symmetric)
+
 # Backend bridge: PyTorch weight names, golden-fixture files and a tensor-by-tensor checker
 # (NumPy only: nothing here imports torch)
 # ---------------------------------------------------------------------------------------
