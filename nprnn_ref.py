@@ -30,7 +30,8 @@ Conventions
   Generator ``rng`` passed in.
 
 Sections, in reading order: validation helpers, initialisers, forward, backward (BPTT),
-losses, optimiser.
+losses, optimiser, analysis (the paper's dynamical-systems argument), backend bridge
+(PyTorch weight names, golden fixtures, the checker).
 """
 
 from __future__ import annotations
@@ -812,6 +813,8 @@ def spectrum(W: np.ndarray) -> Spectrum:
     ev = ev[np.argsort(-np.abs(ev), kind="stable")]
     return Spectrum(ev, float(np.abs(ev[0])), float(np.linalg.norm(W, 2)), symmetric)
 
+
+# ---------------------------------------------------------------------------------------
 # Backend bridge: PyTorch weight names, golden-fixture files and a tensor-by-tensor checker
 # (NumPy only: nothing here imports torch)
 # ---------------------------------------------------------------------------------------
