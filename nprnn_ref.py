@@ -512,6 +512,21 @@ def loss_fn(y: np.ndarray, target: np.ndarray, loss: str = "mse"):
     return L, p.reshape(y.shape)
 
 
+def _loss_forward(params, x, target, loss, output, nonlinearity, h0):
+    """Validate every argument of a loss evaluation, run forward, read-out and loss.
+    Returns (L, dy, h, cache)."""
+    _check_choice("loss", loss, LOSSES)
+    _check_choice("output", output, OUTPUTS)
+    _check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
+    H, D, O, dtype = check_params(params)
+    T, B = _check_x(x, D, dtype)
+    _check_target(target, loss, output, T, B, O, dtype)
+    h, cache = forward(params, x, h0, nonlinearity)     # (T, B, H)
+    y = readout(params, h, output)
+    L, dy = loss_fn(y, target, loss)
+    return L, dy, h, cache
+
+
 def loss_and_grads(params: dict, x: np.ndarray, target: np.ndarray, *, loss: str = "mse",
                    output: str = "last", nonlinearity: str = "relu",
                    h0: np.ndarray | None = None):
@@ -525,15 +540,8 @@ def loss_and_grads(params: dict, x: np.ndarray, target: np.ndarray, *, loss: str
     Returns (loss, grads): loss a NumPy scalar of the params' dtype; grads with keys
     W_hx, W_hh, b_h, W_yh, b_y, x, h0, each shaped like its input. No clipping here.
     """
-    _check_choice("loss", loss, LOSSES)
-    _check_choice("output", output, OUTPUTS)
-    _check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
-    H, D, O, dtype = check_params(params)
-    T, B = _check_x(x, D, dtype)
-    _check_target(target, loss, output, T, B, O, dtype)
-    h, cache = forward(params, x, h0, nonlinearity)
-    y = readout(params, h, output)
-    L, dy = loss_fn(y, target, loss)
+    L, dy, h, cache = _loss_forward(params, x, target, loss, output, nonlinearity, h0)
+    dtype = h.dtype
     if output == "last":                                 # only h_T is read out
         grads = {"W_yh": dy.T @ h[-1], "b_y": dy.sum(axis=0)}
         dx, dh0, rec_grads = _bptt(cache, None, dy @ params["W_yh"], False)
@@ -742,15 +750,7 @@ def gradient_norms_through_time(params: dict, x: np.ndarray, target: np.ndarray,
     nonlinearity, h0 (B, H) or None.
     Returns norms: (T,), norms[t - 1] = ||dL/dh_t||_F, of the params' dtype.
     """
-    _check_choice("loss", loss, LOSSES)
-    _check_choice("output", output, OUTPUTS)
-    _check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
-    H, D, O, dtype = check_params(params)
-    T, B = _check_x(x, D, dtype)
-    _check_target(target, loss, output, T, B, O, dtype)
-    h, cache = forward(params, x, h0, nonlinearity)     # (T, B, H)
-    y = readout(params, h, output)
-    _, dy = loss_fn(y, target, loss)
+    _, dy, h, cache = _loss_forward(params, x, target, loss, output, nonlinearity, h0)
     dh, _ = readout_backward(dy, params, h, output)      # (T, B, H) direct gradients
     g = backward(dh, cache, return_dh=True)[3]           # (T, B, H) total dL/dh_t
     return np.sqrt(np.einsum("tbh,tbh->t", g, g))        # (T,)
