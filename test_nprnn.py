@@ -1087,16 +1087,21 @@ def test_load_fixture_rejects_damaged_or_foreign_files(fixture_dir, golden, tmp_
         nr.load_fixture(dst)
 
 
+def _copy_dir(src, dst):
+    """A byte-for-byte copy of a fixture directory, to damage without touching the original."""
+    dst.mkdir()
+    for p in src.iterdir():
+        (dst / p.name).write_bytes(p.read_bytes())
+    return dst
+
+
 def test_load_fixture_names_a_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         nr.load_fixture(tmp_path / "nope.npz")
 
 
 def test_verify_fixtures_fails_a_case_whose_file_was_damaged(fixture_dir, tmp_path, capsys):
-    d = tmp_path / "copy"
-    d.mkdir()
-    for p in fixture_dir.iterdir():
-        (d / p.name).write_bytes(p.read_bytes())
+    d = _copy_dir(fixture_dir, tmp_path / "copy")
     m = json.loads((d / "manifest.json").read_text())
     victim = d / m["cases"][0]["file"]
     b = bytearray(victim.read_bytes())
@@ -1112,10 +1117,7 @@ def test_verify_fixtures_fails_a_case_whose_file_was_damaged(fixture_dir, tmp_pa
 def test_verify_fixtures_detects_an_edited_value_by_its_sha256(fixture_dir, tmp_path, capsys):
     """A file rewritten with one changed number is a valid fixture, but not the one the
     manifest lists."""
-    d = tmp_path / "copy"
-    d.mkdir()
-    for p in fixture_dir.iterdir():
-        (d / p.name).write_bytes(p.read_bytes())
+    d = _copy_dir(fixture_dir, tmp_path / "copy")
     m = json.loads((d / "manifest.json").read_text())
     victim = d / m["cases"][0]["file"]
     _rewrite(victim, victim, lambda a: a["loss"].__iadd__(1.0) and None)
