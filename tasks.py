@@ -1151,6 +1151,11 @@ def cmd_experiment(args):
     else:
         seeds = list(range(args.seed, args.seed + (args.seeds or 1)))
         cfgs = _expand(base, args.schemes, seeds, save_dir=args.save)
+    if task == "mnist":                              # say what is missing before any run
+        try:
+            load_mnist(base["data"])
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"tasks.py: error: {e}") from None
     plot = None
     if args.plot is not None:
         plot = args.plot or (os.path.join(args.out, f"{args.command}.png") if args.out
