@@ -1164,8 +1164,13 @@ def cmd_experiment(args):
     if not args.resume:
         news += [c.get("save") for c in cfgs]
     _check_new_paths(news, args.force)
-    if plot:
-        _pyplot()                                   # fail now, not after the runs
+    try:                                            # fail now, not after the runs
+        if plot:
+            _pyplot()
+        if task == "digits":
+            load_digits_data(np.random.default_rng(0))
+    except ImportError as e:
+        raise SystemExit(f"tasks.py: error: {e}") from None
     if args.save and not args.resume and not args.save.endswith(".npz"):
         os.makedirs(args.save, exist_ok=True)
     c0 = cfgs[0]

@@ -406,3 +406,19 @@ def test_parallel_workers_give_the_same_results_as_one_process():
     parallel = tasks.run_many(cfgs, jobs=2)
     for (a, ca), (b, cb) in zip(serial, parallel):
         assert ca == cb and a["final_test_mse"] == b["final_test_mse"]
+
+
+def test_cli_says_what_to_install_when_an_optional_package_is_missing(tmp_path, monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_optional(name, *a, **k):
+        if name.split(".")[0] in ("sklearn", "matplotlib"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *a, **k)
+    monkeypatch.setattr(builtins, "__import__", no_optional)
+    with pytest.raises(SystemExit, match="pip install scikit-learn"):
+        tasks.main(["digits", "--epochs", "1"])
+    with pytest.raises(SystemExit, match="pip install matplotlib"):
+        tasks.main(["adding", *_CLI_TINY, "--plot", str(tmp_path / "p.png")])
+    assert not (tmp_path / "p.png").exists()
