@@ -1002,19 +1002,17 @@ def plot_sweep(path, fracs, lrs, clips, title):
 
 # Defaults chosen by measurement (see the README): the adding and multiplication problems.
 TASK_DEFAULTS = {
-    "adding": {"seq_len": 50, "steps": 10000, "lr": 0.01, "momentum": 0.0, "clip": 10.0,
-               "eval_every": 250, "test_size": 1000},
-    "multiply": {"seq_len": 50, "steps": 10000, "lr": 0.01, "momentum": 0.0, "clip": 10.0,
-                 "eval_every": 250, "test_size": 1000},
+    "adding": {"seq_len": 50, "steps": 30000, "lr": 0.01, "momentum": 0.0, "clip": 10.0,
+               "eval_every": 500, "test_size": 1000, "seeds": 3},
+    "multiply": {"seq_len": 50, "steps": 30000, "lr": 0.01, "momentum": 0.0, "clip": 10.0,
+                 "eval_every": 500, "test_size": 1000, "seeds": 3},
     "mnist": {"epochs": 100, "lr": 1e-4, "momentum": 0.0, "clip": 1.0,
-              "eval_every": None, "test_size": 10000},
+              "eval_every": None, "test_size": 10000, "seeds": 1},
     "digits": {"epochs": 30, "lr": 0.01, "momentum": 0.0, "clip": 1.0,
-               "eval_every": None, "test_size": None},
+               "eval_every": None, "test_size": None, "seeds": 1},
 }
-SWEEP_DEFAULTS = {"lrs": (0.001, 0.01, 0.1), "clips": (1.0, 10.0, 100.0), "seeds": 3,
-                  "steps": 3000}
-
-
+SWEEP_DEFAULTS = {"lrs": (0.001, 0.01, 0.1), "clips": (1.0, 10.0, 100.0), "seeds": 2,
+                  "steps": 20000, "seq_len": 50}
 _CLIP_DEFAULT = -1.0      # --clip not given (argparse would parse a string default)
 
 
@@ -1146,10 +1144,12 @@ def cmd_experiment(args):
     elif args.command == "sweep":
         seeds = list(range(args.seed, args.seed + (args.seeds or SWEEP_DEFAULTS["seeds"])))
         base["steps"] = args.steps or SWEEP_DEFAULTS["steps"]
+        base["seq_len"] = args.seq_len or SWEEP_DEFAULTS["seq_len"]
         cfgs = _expand(base, args.schemes, seeds, args.lrs or list(SWEEP_DEFAULTS["lrs"]),
                        args.clips or list(SWEEP_DEFAULTS["clips"]), save_dir=args.save)
     else:
-        seeds = list(range(args.seed, args.seed + (args.seeds or 1)))
+        seeds = list(range(args.seed, args.seed + (args.seeds or
+                                                   TASK_DEFAULTS[task]["seeds"])))
         cfgs = _expand(base, args.schemes, seeds, save_dir=args.save)
     if task == "mnist":                              # say what is missing before any run
         try:
@@ -1245,7 +1245,8 @@ def _add_experiment_commands(sub):
         regression = name in ("adding", "multiply", "sweep")
         if regression:
             p.add_argument("--seq-len", type=_positive_int, metavar="T",
-                           help=f"sequence length T (default {d['seq_len']})")
+                           help="sequence length T (default "
+                           f"{SWEEP_DEFAULTS['seq_len'] if name == 'sweep' else d['seq_len']})")
             p.add_argument("--steps", type=_positive_int, help="training steps (default "
                            f"{SWEEP_DEFAULTS['steps'] if name == 'sweep' else d['steps']})")
         else:
@@ -1279,7 +1280,7 @@ def _add_experiment_commands(sub):
         p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
         p.add_argument("--seeds", type=_positive_int,
                        help="number of seeds: --seed, --seed+1, ... (default "
-                       f"{SWEEP_DEFAULTS['seeds'] if name == 'sweep' else 1})")
+                       f"{SWEEP_DEFAULTS['seeds'] if name == 'sweep' else d['seeds']})")
         p.add_argument("--eval-every", type=_positive_int, metavar="K",
                        help="evaluate on the test set every K steps (default "
                        f"{d['eval_every'] or 'one epoch'})")

@@ -336,7 +336,8 @@ def test_progress_rewrites_one_line_on_a_terminal_and_prints_plain_lines_otherwi
 
 
 _CLI_TINY = ["--seq-len", "6", "--hidden", "4", "--steps", "20", "--eval-every", "10",
-             "--test-size", "16", "--batch", "4", "--jobs", "1", "--progress-every", "1000"]
+             "--test-size", "16", "--batch", "4", "--jobs", "1", "--progress-every", "1000",
+             "--seeds", "1"]
 
 
 def test_cli_adding_end_to_end_writes_curves_and_summary(tmp_path, capsys):
