@@ -423,3 +423,19 @@ def test_cli_says_what_to_install_when_an_optional_package_is_missing(tmp_path, 
     with pytest.raises(SystemExit, match="pip install matplotlib"):
         tasks.main(["adding", *_CLI_TINY, "--plot", str(tmp_path / "p.png")])
     assert not (tmp_path / "p.png").exists()
+
+
+def test_cli_save_then_resume_continues_the_saved_run(tmp_path, capsys):
+    ck = tmp_path / "ck"
+    assert tasks.main(["adding", *_CLI_TINY, "--schemes", "irnn", "--save", str(ck)]) == 0
+    path = ck / "adding_irnn_seed0.npz"
+    assert tasks.load_checkpoint(path)["step"] == 20
+    with pytest.raises(SystemExit, match="already exists"):      # --save never overwrites
+        tasks.main(["adding", *_CLI_TINY, "--schemes", "irnn", "--save", str(ck)])
+    argv = [a if a != "20" else "30" for a in _CLI_TINY]             # --steps 30
+    assert tasks.main(["adding", *argv, "--resume", str(path), "--save",
+                       str(tmp_path / "more.npz"), "--out", str(tmp_path / "o")]) == 0
+    assert "resuming irnn s0 from step 20" in capsys.readouterr().out
+    run = json.loads((tmp_path / "o" / "summary.json").read_text())["runs"][0]
+    assert run["start_step"] == 20 and run["steps_done"] == 10 and run["scheme"] == "irnn"
+    assert tasks.load_checkpoint(tmp_path / "more.npz")["step"] == 30
