@@ -1008,7 +1008,7 @@ TASK_DEFAULTS = {
                  "eval_every": 500, "test_size": 1000, "seeds": 3},
     "mnist": {"epochs": 100, "lr": 1e-4, "momentum": 0.0, "clip": 1.0,
               "eval_every": None, "test_size": 10000, "seeds": 1},
-    "digits": {"epochs": 30, "lr": 0.01, "momentum": 0.0, "clip": 1.0,
+    "digits": {"epochs": 100, "lr": 0.1, "momentum": 0.0, "clip": 1.0,
                "eval_every": None, "test_size": None, "seeds": 1},
 }
 SWEEP_DEFAULTS = {"lrs": (0.001, 0.01, 0.1), "clips": (1.0, 10.0, 100.0), "seeds": 2,
