@@ -591,7 +591,7 @@ def run_label(cfg):
     """A short name of one run: scheme, seed, and lr/clip when they vary in a sweep."""
     s = f"{cfg['scheme']} s{cfg['seed']}"
     if cfg.get("label_hp"):
-        s += f" lr{cfg['lr']:g} c{cfg['clip'] if cfg['clip'] else 'none'}"
+        s += f" lr{cfg['lr']:g} c{format(cfg['clip'], 'g') if cfg['clip'] else 'none'}"
     return s
 
 
@@ -760,8 +760,8 @@ class Progress:
                 self.printed[m["run"]] = now
                 print(self.text(m), file=self.stream, flush=True)
 
-    def done(self, record, error=None):
-        label = run_label(record) if error is None else record
+    def done(self, label, record=None, error=None):
+        """Run ``label`` has ended: with its record, or with an error message."""
         self.status.pop(label, None)
         if self.tty and self.width:
             self.stream.write("\r" + " " * self.width + "\r")
@@ -796,7 +796,7 @@ def run_many(cfgs, jobs=2, threads=1, progress=None):
             try:
                 results[i] = train_run(cfg, report=progress.update if progress else None)
                 if progress:
-                    progress.done(results[i][0])
+                    progress.done(run_label(cfg), results[i][0])
             except (ValueError, TypeError, OSError, ImportError) as e:
                 results[i] = (cfg, f"{type(e).__name__}: {e}")
                 if progress:
@@ -829,7 +829,7 @@ def run_many(cfgs, jobs=2, threads=1, progress=None):
                     try:
                         results[i] = f.result()
                         if progress:
-                            progress.done(results[i][0])
+                            progress.done(run_label(cfgs[i]), results[i][0])
                     except Exception as e:  # a failed run must not stop the others
                         results[i] = (cfgs[i], f"{type(e).__name__}: {e}")
                         if progress:

@@ -373,7 +373,9 @@ def test_cli_sweep_prints_the_fraction_solved_per_cell(tmp_path, capsys):
     assert tasks.main(["sweep", "adding", *_CLI_TINY, "--schemes", "np,irnn", "--lrs",
                        "0.01,1e12", "--clips", "1,none", "--seeds", "2",
                        "--target-mse", "1e9"]) == 0
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    text = captured.out
+    assert "np s1 lr0.01 cnone: done" in captured.err          # progress names the cell
     # target 1e9: every run that did not diverge before its first evaluation is solved
     assert "np: rows lr, columns clip" in text and "irnn: rows lr, columns clip" in text
     assert "2/2" in text
