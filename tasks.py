@@ -981,11 +981,12 @@ def sweep_table(records, lrs, clips):
 def plot_sweep(path, fracs, lrs, clips, title):
     plt = _pyplot()
     n = len(fracs)
-    fig, axes = plt.subplots(1, n, figsize=(2.6 * n + 1, 3), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(2.4 * n + 1.5, 3), squeeze=False)
     for ax, (s, frac) in zip(axes[0], fracs.items()):
         im = ax.imshow(frac, vmin=0, vmax=1, cmap="viridis", origin="lower")
         ax.set_xticks(range(len(clips)), ["none" if not c else f"{c:g}" for c in clips])
-        ax.set_yticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
+        ax.set_yticks(range(len(lrs)), [f"{lr:g}" for lr in lrs] if ax is axes[0][0]
+                      else [])
         ax.set_xlabel("clip")
         ax.set_title(s)
         for i in range(len(lrs)):
