@@ -1128,7 +1128,10 @@ def cmd_experiment(args):
     base = _run_configs(args, task)
     t0 = time.perf_counter()
     if args.resume:
-        ck = load_checkpoint(args.resume)
+        try:
+            ck = load_checkpoint(args.resume)
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"tasks.py: error: --resume: {e}") from None
         c = ck["config"]
         if c.get("task") != task:
             raise SystemExit(f"tasks.py: error: --resume {args.resume} is a checkpoint of "
@@ -1173,8 +1176,9 @@ def cmd_experiment(args):
             load_digits_data(np.random.default_rng(0))
     except ImportError as e:
         raise SystemExit(f"tasks.py: error: {e}") from None
-    if args.save and not args.resume and not args.save.endswith(".npz"):
-        os.makedirs(args.save, exist_ok=True)
+    for c in cfgs:
+        if c.get("save"):
+            os.makedirs(os.path.dirname(os.path.abspath(c["save"])), exist_ok=True)
     c0 = cfgs[0]
     what = (f"{task}: T={c0['seq_len']}" if task in ("adding", "multiply") else
             f"{task}{' permuted' if c0.get('permuted') else ''}: epochs={c0['epochs']}")

@@ -441,3 +441,6 @@ def test_cli_save_then_resume_continues_the_saved_run(tmp_path, capsys):
     run = json.loads((tmp_path / "o" / "summary.json").read_text())["runs"][0]
     assert run["start_step"] == 20 and run["steps_done"] == 10 and run["scheme"] == "irnn"
     assert tasks.load_checkpoint(tmp_path / "more.npz")["step"] == 30
+    (tmp_path / "junk.npz").write_bytes(b"junk")
+    with pytest.raises(SystemExit, match="--resume: .*not an nprnn-ref checkpoint"):
+        tasks.main(["adding", *argv, "--resume", str(tmp_path / "junk.npz")])
