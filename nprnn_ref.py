@@ -455,7 +455,7 @@ def _bptt(cache: dict, dh, dh_last, return_dh: bool):
     grads = {
         "W_hx": d2.T @ x.reshape(T * B, D),              # (H, D)
         "W_hh": d2.T @ hs[:-1].reshape(T * B, H),        # (H, H): h_{t-1} for every t
-        "b_h": np.ones(T * B, dtype) @ d2,               # (H,): a BLAS sum over T*B rows
+        "b_h": d2.sum(axis=0),                           # (H,)
     }
     dx = (d2 @ W_hx).reshape(T, B, D)                    # (T, B, D)
     dh0 = delta[0] @ W_hh                                # (B, H)

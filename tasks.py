@@ -1,11 +1,19 @@
 #!/usr/bin/env python3
 """tasks.py: data for the paper's tasks and the command line of nprnn-ref.
 
-    python tasks.py bench [--shape T,B,H,D ...] [--threads N] [--repeats K]
+    python tasks.py adding | multiply          the adding / multiplication problem
+    python tasks.py digits | mnist --data P    pixel-by-pixel classification
+    python tasks.py sweep adding               hyperparameter sensitivity (lr x clip x seeds)
+    python tasks.py dynamics | gradflow | sensitivity | spectrum
+                                               the paper's dynamical-systems argument
+    python tasks.py export-fixtures DIR | verify-fixtures DIR --against MOD:FN
+                                               golden fixtures for other backends
+    python tasks.py bench                      loss_and_grads against its floor (and torch)
 
 Run ``python tasks.py -h`` for every subcommand and ``python tasks.py CMD -h`` for its
 options. BLAS threads are set from --threads (default 1) before NumPy is imported, because
-small matrix products run fastest on one thread per process.
+small matrix products run fastest on one thread per process; the command line also keeps
+freed memory in glibc's heap (see MALLOC_SETTINGS).
 """
 
 from __future__ import annotations
