@@ -2123,34 +2123,38 @@ def _curve_table(title, curves, ratio_name, out):
     return ratios
 
 
-def gradflow_report(schemes=ANALYSIS_SCHEMES, hidden=100, seq_len=None, batch=32, seed=0,
-                    trained=None, out=None) -> dict:
+def _per_step_report(curve_of, title_of, schemes, hidden, seq_len, batch, seed, trained,
+                     out):
+    """Shared body of gradflow_report and sensitivity_report: one curve over t per model
+    (curve_of(params, x, target, nonlinearity)), printed as a table."""
     out = sys.stdout if out is None else out
     models, info = _analysis_models(schemes, hidden, seed, trained)
     x, target = _analysis_data(models, info, seq_len, batch, seed)
-    curves = {}
-    for label, params, nl in models:
-        curves[label] = nr.gradient_norms_through_time(params, x, target, loss="mse",
-                                                       output="last", nonlinearity=nl)
+    curves = {label: curve_of(params, x, target, nl) for label, params, nl in models}
     T, B = x.shape[:2]
-    _curve_table(f"|dL/dh_t| (Frobenius norm over the batch of {B}), adding problem "
-                 f"T = {T}, MSE at the last step, seed {seed}:", curves,
-                 "t=1 / t=T", out)
+    _curve_table(title_of(T, B), curves, "t=1 / t=T", out)
     return curves
+
+
+def gradflow_report(schemes=ANALYSIS_SCHEMES, hidden=100, seq_len=None, batch=32, seed=0,
+                    trained=None, out=None) -> dict:
+    """|dL/dh_t| for every t and model, MSE of the adding problem at the last step."""
+    return _per_step_report(
+        lambda p, x, target, nl: nr.gradient_norms_through_time(
+            p, x, target, loss="mse", output="last", nonlinearity=nl),
+        lambda T, B: (f"|dL/dh_t| (Frobenius norm over the batch of {B}), adding problem "
+                      f"T = {T}, MSE at the last step, seed {seed}:"),
+        schemes, hidden, seq_len, batch, seed, trained, out)
 
 
 def sensitivity_report(schemes=ANALYSIS_SCHEMES, hidden=100, seq_len=None, batch=32, seed=0,
                        trained=None, out=None) -> dict:
-    out = sys.stdout if out is None else out
-    models, info = _analysis_models(schemes, hidden, seed, trained)
-    x, _ = _analysis_data(models, info, seq_len, batch, seed)
-    curves = {}
-    for label, params, nl in models:
-        curves[label] = nr.input_sensitivity(params, x, nonlinearity=nl)[1]
-    T, B = x.shape[:2]
-    _curve_table(f"||d h_T / d x_t||_F, mean over {B} adding-problem sequences, T = {T}, "
-                 f"seed {seed}:", curves, "t=1 / t=T", out)
-    return curves
+    """||d h_T / d x_t||_F for every t and model, batch mean."""
+    return _per_step_report(
+        lambda p, x, target, nl: nr.input_sensitivity(p, x, nonlinearity=nl)[1],
+        lambda T, B: (f"||d h_T / d x_t||_F, mean over {B} adding-problem sequences, "
+                      f"T = {T}, seed {seed}:"),
+        schemes, hidden, seq_len, batch, seed, trained, out)
 
 
 def plot_time_curves(curves, path, Figure, ylabel, title, out=None):
