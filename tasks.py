@@ -87,6 +87,18 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _seq_len(text: str) -> int:
+    """--seq-len of the adding and multiplication problems: one marker per half needs T >= 2."""
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 2, got {text!r}")
+    if v < 2:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 2 (one marker in each "
+                                         f"half of the sequence), got {v}")
+    return v
+
+
 # ---------------------------------------------------------------------------------------
 # bench: loss_and_grads against the floor of its unavoidable matrix products
 # ---------------------------------------------------------------------------------------
@@ -1288,7 +1300,7 @@ def _add_experiment_commands(sub):
                            + ")")
         regression = name in ("adding", "multiply", "sweep")
         if regression:
-            p.add_argument("--seq-len", type=_positive_int, metavar="T",
+            p.add_argument("--seq-len", type=_seq_len, metavar="T",
                            help="sequence length T (default "
                            f"{SWEEP_DEFAULTS['seq_len'] if name == 'sweep' else d['seq_len']})")
             p.add_argument("--steps", type=_positive_int, help="training steps (default "
@@ -2316,7 +2328,7 @@ def _add_analysis_commands(sub):
         p.add_argument("--hidden", type=_positive_int, default=100,
                        help="hidden units N (default 100)")
         if seq:
-            p.add_argument("--seq-len", type=_positive_int, default=None,
+            p.add_argument("--seq-len", type=_seq_len, default=None,
                            help="sequence length T of the adding problem (default 400, or "
                            "the checkpoint's with --trained)")
             p.add_argument("--batch", type=_positive_int, default=32,

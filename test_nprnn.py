@@ -2204,3 +2204,12 @@ def test_cli_save_then_resume_continues_the_saved_run(tmp_path, capsys):
     (tmp_path / "junk.npz").write_bytes(b"junk")
     with pytest.raises(SystemExit, match="--resume: .*not an nprnn-ref checkpoint"):
         tasks.main(["adding", *argv, "--resume", str(tmp_path / "junk.npz")])
+
+
+def test_seq_len_below_two_is_refused_before_any_run(capsys):
+    # One marker in each half of the sequence needs T >= 2; argparse says so at once.
+    for cmd in (["adding"], ["multiply"], ["sweep", "adding"], ["gradflow"], ["sensitivity"]):
+        with pytest.raises(SystemExit):
+            tasks.main(cmd + ["--seq-len", "1"])
+        err = capsys.readouterr().err
+        assert "--seq-len: expected an integer >= 2 (one marker in each half" in err, cmd
