@@ -474,16 +474,33 @@ def readout_backward(dy: np.ndarray, params: dict, h: np.ndarray, output: str = 
     _check_choice("output", output, OUTPUTS)
     H, _, O, dtype = check_params(params)
     T, B, _ = h.shape
-    W_yh = params["W_yh"]
+    lead = (("B", B),) if output == "last" else (("T", T), ("B", B))
+    _check_shape("dy", dy, lead + (("O", O),))
+    dh_read, grads = _readout_grads(dy, params, h, output)
+    if output == "all":
+        return dh_read, grads
     dh = np.zeros((T, B, H), dtype)
+    dh[-1] = dh_read
+    return dh, grads
+
+
+def _readout_grads(dy, params, h, output):
+    """``readout_backward`` on validated arguments, with dh only at the read steps:
+    (B, H) for "last" (the gradient reaching h_T), (T, B, H) for "all"."""
+    W_yh = params["W_yh"]
     if output == "last":
-        _check_shape("dy", dy, (("B", B), ("O", O)))
-        np.matmul(dy, W_yh, out=dh[-1])                  # (B, H)
-        return dh, {"W_yh": dy.T @ h[-1], "b_y": dy.sum(axis=0)}
-    _check_shape("dy", dy, (("T", T), ("B", B), ("O", O)))
-    dy2 = dy.reshape(T * B, O)
-    np.matmul(dy2, W_yh, out=dh.reshape(T * B, H))
+        return dy @ W_yh, {"W_yh": dy.T @ h[-1], "b_y": dy.sum(axis=0)}   # (B, H)
+    T, B, H = h.shape
+    dy2 = dy.reshape(T * B, -1)                          # (T*B, O)
+    dh = (dy2 @ W_yh).reshape(T, B, H)                   # (T, B, H)
     return dh, {"W_yh": dy2.T @ h.reshape(T * B, H), "b_y": dy2.sum(axis=0)}
+
+
+def _bptt_from_readout(cache, dh_read, output, return_dh=False):
+    """BPTT from ``_readout_grads``'s dh: the sparse last-step path for "last"."""
+    if output == "last":
+        return _bptt(cache, None, dh_read, return_dh)
+    return _bptt(cache, dh_read, None, return_dh)
 
 
 # ---------------------------------------------------------------------------------------
@@ -534,7 +551,7 @@ def loss_fn(y: np.ndarray, target: np.ndarray, loss: str = "mse"):
 
 def _loss_forward(params, x, target, loss, output, nonlinearity, h0):
     """Validate every argument of a loss evaluation, run forward, read-out and loss.
-    Returns (L, dy, h, cache)."""
+    Returns (L, dy, h, y, cache)."""
     _check_choice("loss", loss, LOSSES)
     _check_choice("output", output, OUTPUTS)
     _check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
@@ -545,7 +562,7 @@ def _loss_forward(params, x, target, loss, output, nonlinearity, h0):
     h, cache = _forward(params, x, h0, nonlinearity)    # (T, B, H)
     y = _readout(params, h, output)
     L, dy = loss_fn(y, target, loss)
-    return L, dy, h, cache
+    return L, dy, h, y, cache
 
 
 def loss_and_grads(params: dict, x: np.ndarray, target: np.ndarray, *, loss: str = "mse",
@@ -561,18 +578,16 @@ def loss_and_grads(params: dict, x: np.ndarray, target: np.ndarray, *, loss: str
     Returns (loss, grads): loss a NumPy scalar of the params' dtype; grads with keys
     W_hx, W_hh, b_h, W_yh, b_y, x, h0, each shaped like its input. No clipping here.
     """
-    L, dy, h, cache = _loss_forward(params, x, target, loss, output, nonlinearity, h0)
-    dtype = h.dtype
-    if output == "last":                                 # only h_T is read out
-        grads = {"W_yh": dy.T @ h[-1], "b_y": dy.sum(axis=0)}
-        dx, dh0, rec_grads = _bptt(cache, None, dy @ params["W_yh"], False)
-    else:
-        dh, grads = readout_backward(dy, params, h, output)
-        dx, dh0, rec_grads = _bptt(cache, dh, None, False)
-    grads.update(rec_grads)
-    grads["x"] = dx
-    grads["h0"] = dh0
-    return dtype.type(L), {k: grads[k] for k in PARAM_NAMES + ("x", "h0")}
+    L, dy, h, _, cache = _loss_forward(params, x, target, loss, output, nonlinearity, h0)
+    return h.dtype.type(L), _grads_from(dy, params, h, cache, output)
+
+
+def _grads_from(dy, params, h, cache, output):
+    """Every gradient of loss_and_grads from dL/dy and the forward pass's h and cache."""
+    dh_read, grads = _readout_grads(dy, params, h, output)
+    dx, dh0, rec_grads = _bptt_from_readout(cache, dh_read, output)
+    grads.update(rec_grads, x=dx, h0=dh0)
+    return {k: grads[k] for k in PARAM_NAMES + ("x", "h0")}
 
 
 # ---------------------------------------------------------------------------------------
@@ -771,9 +786,9 @@ def gradient_norms_through_time(params: dict, x: np.ndarray, target: np.ndarray,
     nonlinearity, h0 (B, H) or None.
     Returns norms: (T,), norms[t - 1] = ||dL/dh_t||_F, of the params' dtype.
     """
-    _, dy, h, cache = _loss_forward(params, x, target, loss, output, nonlinearity, h0)
-    dh, _ = readout_backward(dy, params, h, output)      # (T, B, H) direct gradients
-    g = backward(dh, cache, return_dh=True)[3]           # (T, B, H) total dL/dh_t
+    _, dy, h, _, cache = _loss_forward(params, x, target, loss, output, nonlinearity, h0)
+    dh_read, _ = _readout_grads(dy, params, h, output)   # gradient at the read steps
+    g = _bptt_from_readout(cache, dh_read, output, return_dh=True)[3]   # (T, B, H) total
     return np.sqrt(np.einsum("tbh,tbh->t", g, g))        # (T,)
 
 
@@ -797,12 +812,12 @@ def input_sensitivity(params: dict, x: np.ndarray, *, nonlinearity: str = "relu"
     T, B = _check_x(x, D, dtype)
     _, cache = forward(params, x, h0, nonlinearity)
     sq = np.zeros((T, B), dtype)                         # running sum of squares
-    seed = np.zeros((T, B, H), dtype)                    # dL/dh: e_i at the last step
+    seed = np.zeros((B, H), dtype)                       # dL/dh_T = e_i, nothing earlier
     for i in range(H):
-        seed[T - 1, :, i] = 1.0
-        dx = backward(seed, cache)[0]                    # (T, B, D): row i of J_t[b]
+        seed[:, i] = 1.0
+        dx = _bptt(cache, None, seed, False)[0]          # (T, B, D): row i of J_t[b]
         sq += np.einsum("tbd,tbd->tb", dx, dx)
-        seed[T - 1, :, i] = 0.0
+        seed[:, i] = 0.0
     per_sequence = np.sqrt(sq)                           # (T, B)
     return per_sequence, per_sequence.mean(axis=1)
 
@@ -943,12 +958,10 @@ def fixture_outputs(case: dict) -> dict:
     """
     conv = {k: str(case[k]) for k in ("nonlinearity", "loss_kind", "output")}
     params = {k: case[k] for k in PARAM_NAMES}
-    h, _ = forward(params, case["x"], case["h0"], conv["nonlinearity"])
-    y = readout(params, h, conv["output"])
-    L, grads = loss_and_grads(params, case["x"], case["target"], loss=conv["loss_kind"],
-                              output=conv["output"], nonlinearity=conv["nonlinearity"],
-                              h0=case["h0"])
-    out = {"h": np.array(h), "y": y, "loss": np.asarray(L)}
+    L, dy, h, y, cache = _loss_forward(params, case["x"], case["target"], conv["loss_kind"],
+                                       conv["output"], conv["nonlinearity"], case["h0"])
+    grads = _grads_from(dy, params, h, cache, conv["output"])
+    out = {"h": np.array(h), "y": y, "loss": np.asarray(h.dtype.type(L))}
     out.update({f"grad_{k}": v for k, v in grads.items()})
     return out
 
