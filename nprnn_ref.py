@@ -67,11 +67,12 @@ def _check_choice(argname: str, value, valid) -> str:
     return value
 
 
-def _check_size(argname: str, n) -> int:
+def _check_size(argname: str, n, minimum: int = 1) -> int:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise TypeError(f"{argname} must be an int >= 1, got {type(n).__name__} {n!r}")
-    if n < 1:
-        raise ValueError(f"{argname} must be an int >= 1, got {n}")
+        raise TypeError(f"{argname} must be an int >= {minimum}, "
+                        f"got {type(n).__name__} {n!r}")
+    if n < minimum:
+        raise ValueError(f"{argname} must be an int >= {minimum}, got {n}")
     return int(n)
 
 
@@ -705,14 +706,11 @@ def autonomous_trajectories(W: np.ndarray, h0s: np.ndarray, steps: int) -> np.nd
                          f"per row), got {tuple(h0s.shape)}")
     _check_float("h0s", h0s, W.dtype)
     _check_finite("h0s", h0s)
-    if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
-        raise TypeError(f"steps must be an int >= 0, got {type(steps).__name__} {steps!r}")
-    if steps < 0:
-        raise ValueError(f"steps must be an int >= 0, got {steps}")
-    traj = np.empty((int(steps) + 1,) + h0s.shape, W.dtype)   # (steps + 1, K, N)
+    steps = _check_size("steps", steps, minimum=0)
+    traj = np.empty((steps + 1,) + h0s.shape, W.dtype)   # (steps + 1, K, N)
     traj[0] = h0s
     W_T = W.T
-    for t in range(int(steps)):
+    for t in range(steps):
         np.matmul(traj[t], W_T, out=traj[t + 1])                # (K, N): rows W h_t
         np.maximum(traj[t + 1], 0.0, out=traj[t + 1])
     return traj

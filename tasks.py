@@ -77,26 +77,22 @@ import numpy as np  # noqa: E402
 import nprnn_ref as nr  # noqa: E402
 
 
-def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {v}")
-    return v
+def _int_at_least(minimum: int, why: str = ""):
+    """An argparse type: an integer >= minimum (``why`` explains the bound in errors)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}{why}, got {v}")
+        return v
+    return parse
 
 
-def _seq_len(text: str) -> int:
-    """--seq-len of the adding and multiplication problems: one marker per half needs T >= 2."""
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 2, got {text!r}")
-    if v < 2:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 2 (one marker in each "
-                                         f"half of the sequence), got {v}")
-    return v
+_positive_int = _int_at_least(1)
+# --seq-len of the adding and multiplication problems: one marker per half needs T >= 2.
+_seq_len = _int_at_least(2, " (one marker in each half of the sequence)")
 
 
 # ---------------------------------------------------------------------------------------
@@ -249,19 +245,11 @@ _BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
-def _check_count(argname, n, minimum=1):
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise TypeError(f"{argname} must be an int >= {minimum}, got {type(n).__name__} {n!r}")
-    if n < minimum:
-        raise ValueError(f"{argname} must be an int >= {minimum}, got {n}")
-    return int(n)
-
-
 def _marked_pairs(n, T, rng):
     """Values, marker positions and marked values shared by the adding and multiplication
     problems. Returns x (T, n, 2) float64 and the two marked values a, b (n,) each."""
-    n = _check_count("n", n)
-    T = _check_count("T", T, minimum=2)
+    n = nr._check_size("n", n)
+    T = nr._check_size("T", T, minimum=2)
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
     half = T // 2
@@ -533,7 +521,7 @@ def save_checkpoint(path, params, velocity, step, config, rng):
     format (0-d str). Everything loads with allow_pickle=False.
     """
     nr.check_params(params)
-    step = _check_count("step", step, minimum=0)
+    step = nr._check_size("step", step, minimum=0)
     if not isinstance(config, dict):
         raise TypeError(f"config must be a dict, got {type(config).__name__}")
     missing = [k for k in CHECKPOINT_CONFIG_KEYS if k not in config]
@@ -953,11 +941,14 @@ def write_outputs(out, records, curves, meta):
         f.write("\n")
 
 
+MATPLOTLIB_MISSING = "--plot needs matplotlib, which is not installed: pip install matplotlib"
+
+
 def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise ImportError("--plot needs matplotlib: pip install matplotlib") from None
+        raise ImportError(MATPLOTLIB_MISSING) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
@@ -1867,9 +1858,6 @@ def _add_fixture_commands(sub) -> None:
 
 ANALYSIS_SCHEMES = ("np", "irnn", "i-rnn", "tanh")
 FIGURES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "figures")
-MATPLOTLIB_MISSING = ("tasks.py: --plot needs matplotlib, which is not installed; install it "
-                      "with `pip install matplotlib`, or run without --plot for the tables")
-
 
 def _load_trained(path: str):
     """(params, config, step) of a training checkpoint (see load_checkpoint)."""
@@ -2259,22 +2247,13 @@ def plot_spectrum(specs, path, Figure, out=None):
 
 # ---- command wiring ---------------------------------------------------------------------
 
-def _parse_schemes(text: str):
-    names = tuple(s.strip() for s in text.split(",") if s.strip())
-    bad = [s for s in names if s not in nr.SCHEMES]
-    if not names or bad:
-        raise argparse.ArgumentTypeError(
-            f"--schemes must be a comma-separated list of {', '.join(nr.SCHEMES)}, "
-            f"got {text!r}")
-    return names
-
-
 def _run_analysis(args, name, report, plot):
     Figure = None
     if args.plot:
         Figure = _figure_class()
         if Figure is None:
-            print(MATPLOTLIB_MISSING, file=sys.stderr)
+            print(f"tasks.py {name}: error: {MATPLOTLIB_MISSING} (or run without "
+                  "--plot for the tables)", file=sys.stderr)
             return 2
     try:
         result = report()
@@ -2334,7 +2313,7 @@ def _add_analysis_commands(sub):
             p.add_argument("--batch", type=_positive_int, default=32,
                            help="adding-problem sequences (default 32)")
         if schemes:
-            p.add_argument("--schemes", type=_parse_schemes, default=ANALYSIS_SCHEMES,
+            p.add_argument("--schemes", type=_schemes_arg, default=ANALYSIS_SCHEMES,
                            help="comma-separated initialisations (default "
                            f"{','.join(ANALYSIS_SCHEMES)}; any of {', '.join(nr.SCHEMES)})")
         if trained:
