@@ -44,9 +44,10 @@ import numpy as np
 
 __all__ = [
     "PARAM_NAMES", "NONLINEARITIES", "LOSSES", "OUTPUTS", "SCHEMES", "Scheme",
-    "alpha", "np_init", "identity_init", "orthogonal_init", "init_params",
+    "INPUT_RECIPES", "alpha", "np_init", "identity_init", "orthogonal_init",
+    "gaussian_init", "normalized_gaussian_init", "spectral_radius", "init_params",
     "forward", "readout", "backward", "readout_backward",
-    "loss_fn", "loss_and_grads", "clip_grads", "sgd_step",
+    "loss_fn", "loss_and_grads", "clip_grads", "sgd_step", "rmsprop_step", "cooled_lr",
 ]
 
 PARAM_NAMES = ("W_hx", "W_hh", "b_h", "W_yh", "b_y")
@@ -233,12 +234,47 @@ def orthogonal_init(n: int, rng: np.random.Generator) -> np.ndarray:
     return Q * d                                     # scales column j by d[j]
 
 
+def gaussian_init(n: int, rng: np.random.Generator) -> np.ndarray:
+    """A random Gaussian matrix with i.i.d. N(0, 1/n) entries (the paper's gRNN).
+
+    The paper gives no scale for its gRNN; 1/n is the scale at which the spectral radius
+    tends to 1 as n grows (circular law). At n = 100 its median is about 1.05, so most
+    draws are slightly expanding. ``rng.standard_normal((n, n))`` is the only draw.
+    """
+    n = _check_size("n", n)
+    rng = _check_rng(rng)
+    return rng.standard_normal((n, n)) / math.sqrt(n)
+
+
+def spectral_radius(W: np.ndarray) -> float:
+    """rho(W) = max |lambda_i(W)| over the (complex) eigenvalues of a square matrix."""
+    W = _check_square("W", W)
+    _check_finite("W", W)
+    return float(np.max(np.abs(np.linalg.eigvals(W))))
+
+
+def normalized_gaussian_init(n: int, rng: np.random.Generator) -> np.ndarray:
+    """The paper's nRNN: a Gaussian matrix divided by its spectral radius (the echo-state
+    recipe), W_hh = G / rho(G) with G ~ N(0, 1)^{n x n}.
+
+    rho(W_hh) = 1 to rounding, usually reached by a complex pair of eigenvalues: W_hh is
+    neither symmetric nor positive definite. ``rng.standard_normal((n, n))`` is the only
+    draw (the scale of G cancels).
+    """
+    n = _check_size("n", n)
+    rng = _check_rng(rng)
+    G = rng.standard_normal((n, n))
+    return G / spectral_radius(G)
+
+
 @dataclass(frozen=True)
 class Scheme:
     """One row of SCHEMES: the nonlinearity and the recipe of every weight.
 
     w_hh(n, rng, **options) -> (n, n) float64; w_hx_std(H) -> the standard deviation of
-    the i.i.d. normal W_hx; W_yh is always Glorot normal N(0, 2 / (H + O)); biases 0.
+    the i.i.d. normal W_hx under the scheme's own input recipe (``inputs="scheme"``);
+    W_yh is always Glorot normal N(0, 2 / (H + O)); biases 0. paper_name is the network's
+    name in Table 1 of Talathi and Vartak ("" for the project's extra tanh RNN).
     """
     nonlinearity: str
     w_hh: Callable
@@ -246,29 +282,59 @@ class Scheme:
     w_hh_text: str
     w_hx_text: str
     options: tuple = ()
+    paper_name: str = ""
+
+
+def _paper_std(H):
+    return alpha(H) / math.sqrt(H)
 
 
 SCHEMES = {
-    "np": Scheme("relu", lambda n, rng: np_init(n, rng),
-                 lambda H: alpha(H) / math.sqrt(H),
-                 "np_init: (A + I) / lambda_max(A + I)", "N(0, alpha(H)^2 / H)"),
-    "np-tanh": Scheme("tanh", lambda n, rng: np_init(n, rng),
-                      lambda H: alpha(H) / math.sqrt(H),
-                      "np_init: (A + I) / lambda_max(A + I)", "N(0, alpha(H)^2 / H)"),
+    "np": Scheme("relu", lambda n, rng: np_init(n, rng), _paper_std,
+                 "np_init: (A + I) / lambda_max(A + I)", "N(0, alpha(H)^2 / H)",
+                 paper_name="np-RNN"),
+    "np-tanh": Scheme("tanh", lambda n, rng: np_init(n, rng), _paper_std,
+                      "np_init: (A + I) / lambda_max(A + I)", "N(0, alpha(H)^2 / H)",
+                      paper_name="np-tanhRNN"),
     "irnn": Scheme("relu", lambda n, rng: identity_init(n),
-                   lambda H: 1e-3, "I", "N(0, 0.001^2)"),
+                   lambda H: 1e-3, "I", "N(0, 0.001^2)", paper_name="IRNN"),
     "i-rnn": Scheme("relu", lambda n, rng, scale=0.01: identity_init(n, scale),
                     lambda H: 1e-3, "scale * I (scale=0.01)", "N(0, 0.001^2)",
-                    options=("scale",)),
+                    options=("scale",), paper_name="iRNN"),
     "tanh": Scheme("tanh", lambda n, rng: orthogonal_init(n, rng),
                    lambda H: 1.0 / math.sqrt(H),
                    "random orthogonal (QR of a Gaussian, sign-fixed)", "N(0, 1 / H)"),
+    "nrnn": Scheme("relu", lambda n, rng: normalized_gaussian_init(n, rng), _paper_std,
+                   "G / rho(G), G Gaussian (spectral radius 1)", "N(0, alpha(H)^2 / H)",
+                   paper_name="nRNN"),
+    "ornn": Scheme("relu", lambda n, rng: orthogonal_init(n, rng), _paper_std,
+                   "random orthogonal (QR of a Gaussian, sign-fixed)",
+                   "N(0, alpha(H)^2 / H)", paper_name="oRNN"),
+    "grnn": Scheme("relu", lambda n, rng: gaussian_init(n, rng), _paper_std,
+                   "Gaussian N(0, 1 / H)", "N(0, alpha(H)^2 / H)", paper_name="gRNN"),
+}
+
+# Input-weight recipes: W_hx ~ N(0, std^2) with std = INPUT_RECIPES[name](H, scheme).
+#   "scheme": each scheme's own (Le et al.'s N(0, 0.001^2) for irnn and i-rnn, N(0, 1/H)
+#             for tanh, the paper's for the others); init_params' default.
+#   "paper":  Talathi and Vartak's recipe for every network, N(0, alpha(H)^2 / H).
+#   "le":     Le et al.'s N(0, 0.001^2) for every network.
+INPUT_RECIPES = {
+    "scheme": lambda H, scheme: SCHEMES[scheme].w_hx_std(H),
+    "paper": lambda H, scheme: _paper_std(H),
+    "le": lambda H, scheme: 1e-3,
 }
 
 
 def init_params(n_in: int, n_hidden: int, n_out: int, scheme: str,
-                rng: np.random.Generator, dtype=np.float64, **scheme_options) -> dict:
+                rng: np.random.Generator, dtype=np.float64, *, inputs: str = "scheme",
+                **scheme_options) -> dict:
     """Initial parameters for one of SCHEMES; draws W_hx, then W_hh, then W_yh.
+
+    inputs names the W_hx recipe (INPUT_RECIPES): "scheme" (the scheme's own, the
+    default), "paper" (N(0, alpha(H)^2 / H) for every scheme, as Talathi and Vartak) or
+    "le" (N(0, 0.001^2) for every scheme, as Le et al.). The recipe changes only the scale
+    of W_hx: the draws, and so W_hh and W_yh, are the same under every recipe.
 
     Returns {"W_hx": (H, D), "W_hh": (H, H), "b_h": (H,), "W_yh": (O, H), "b_y": (O,)},
     every array of ``dtype`` (float64 or float32; weights are drawn in float64 and cast).
@@ -278,6 +344,7 @@ def init_params(n_in: int, n_hidden: int, n_out: int, scheme: str,
     H = _check_size("n_hidden", n_hidden)
     O = _check_size("n_out", n_out)
     _check_choice("scheme", scheme, tuple(SCHEMES))
+    _check_choice("inputs", inputs, tuple(INPUT_RECIPES))
     rng = _check_rng(rng)
     dtype = np.dtype(dtype)
     if dtype not in (np.float32, np.float64):
@@ -287,7 +354,7 @@ def init_params(n_in: int, n_hidden: int, n_out: int, scheme: str,
     if unknown:
         raise TypeError(f"scheme {scheme!r} takes options {list(s.options) or 'none'}, "
                         f"got unexpected {unknown}")
-    W_hx = rng.standard_normal((H, D)) * s.w_hx_std(H)           # (H, D)
+    W_hx = rng.standard_normal((H, D)) * INPUT_RECIPES[inputs](H, scheme)   # (H, D)
     W_hh = s.w_hh(H, rng, **scheme_options)                       # (H, H)
     W_yh = rng.standard_normal((O, H)) * math.sqrt(2.0 / (H + O))  # (O, H) Glorot normal
     return {
@@ -620,6 +687,32 @@ def clip_grads(grads: dict, max_norm: float):
     return clipped, norm
 
 
+def _check_rate(name, v, positive=False):
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) \
+            or not math.isfinite(v) or v < 0 or (positive and v == 0):
+        raise ValueError(f"{name} must be a finite number {'>' if positive else '>='} 0, "
+                         f"got {v!r}")
+
+
+def _check_step_args(params, grads, state, state_name):
+    """Validate the arguments of an optimiser step; return the parameters' dtype."""
+    dtype = check_params(params)[3]
+    for k in PARAM_NAMES:
+        p = params[k]
+        if k not in grads:
+            raise ValueError(f"grads is missing {k}")
+        g = grads[k]
+        _as_array(f"grads[{k!r}]", g)
+        if g.shape != p.shape:
+            raise ValueError(f"grads[{k!r}] must have shape {p.shape}, got {g.shape}")
+        _check_float(f"grads[{k!r}]", g, dtype)
+        if state is not None:
+            if k not in state or state[k].shape != p.shape:
+                got = state[k].shape if k in state else "missing"
+                raise ValueError(f"{state_name}[{k!r}] must have shape {p.shape}, got {got}")
+    return dtype
+
+
 def sgd_step(params: dict, grads: dict, velocity: dict | None, lr: float,
              momentum: float = 0.0):
     """One SGD step with momentum, in PyTorch's form (torch.optim.SGD, dampening 0):
@@ -630,32 +723,76 @@ def sgd_step(params: dict, grads: dict, velocity: dict | None, lr: float,
     dicts; nothing passed in is modified. Keys other than PARAM_NAMES in grads (x, h0)
     are ignored.
     """
-    H, D, O, dtype = check_params(params)
     for name, v in (("lr", lr), ("momentum", momentum)):
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) \
-                or not math.isfinite(v) or v < 0:
-            raise ValueError(f"{name} must be a finite number >= 0, got {v!r}")
+        _check_rate(name, v)
+    dtype = _check_step_args(params, grads, velocity, "velocity")
+    return _sgd_update(params, grads, velocity, lr, momentum, dtype)
+
+
+def _sgd_update(params, grads, velocity, lr, momentum, dtype):
+    """``sgd_step`` on validated arguments."""
     new_p, new_v = {}, {}
     for k in PARAM_NAMES:
-        p = params[k]
-        if k not in grads:
-            raise ValueError(f"grads is missing {k}")
         g = grads[k]
-        _as_array(f"grads[{k!r}]", g)
-        if g.shape != p.shape:
-            raise ValueError(f"grads[{k!r}] must have shape {p.shape}, got {g.shape}")
-        _check_float(f"grads[{k!r}]", g, dtype)
-        if velocity is None:
-            v = g.copy()
-        else:
-            if k not in velocity or velocity[k].shape != p.shape:
-                got = velocity[k].shape if k in velocity else "missing"
-                raise ValueError(f"velocity[{k!r}] must have shape {p.shape}, got {got}")
-            v = momentum * velocity[k] + g
+        v = g.copy() if velocity is None else momentum * velocity[k] + g
         v = v.astype(dtype, copy=False)
         new_v[k] = v
-        new_p[k] = (p - dtype.type(lr) * v).astype(dtype, copy=False)
+        new_p[k] = (params[k] - dtype.type(lr) * v).astype(dtype, copy=False)
     return new_p, new_v
+
+
+def rmsprop_step(params: dict, grads: dict, square_avg: dict | None, lr: float,
+                 alpha: float = 0.99, eps: float = 1e-8):
+    """One RMSprop step in PyTorch's form (torch.optim.RMSprop, its defaults: not
+    centred, no momentum, no weight decay):
+
+        s <- alpha * s + (1 - alpha) * g^2,    p <- p - lr * g / (sqrt(s) + eps)
+
+    eps is added outside the square root. square_avg None means zeros (PyTorch's first
+    step). Returns new (params, square_avg) dicts; nothing passed in is modified. Keys
+    other than PARAM_NAMES in grads (x, h0) are ignored.
+    """
+    _check_rate("lr", lr)
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.number)) \
+            or not (0 <= alpha < 1):
+        raise ValueError(f"alpha must be a number in [0, 1), got {alpha!r}")
+    _check_rate("eps", eps, positive=True)
+    dtype = _check_step_args(params, grads, square_avg, "square_avg")
+    return _rmsprop_update(params, grads, square_avg, lr, alpha, eps, dtype)
+
+
+def _rmsprop_update(params, grads, square_avg, lr, alpha, eps, dtype):
+    """``rmsprop_step`` on validated arguments."""
+    a, one_minus_a = dtype.type(alpha), dtype.type(1.0 - alpha)
+    new_p, new_s = {}, {}
+    for k in PARAM_NAMES:
+        g = grads[k]
+        s = one_minus_a * (g * g)
+        if square_avg is not None:
+            s = a * square_avg[k] + s
+        new_s[k] = s
+        new_p[k] = params[k] - dtype.type(lr) * (g / (np.sqrt(s) + dtype.type(eps)))
+    return new_p, new_s
+
+
+def cooled_lr(lr: float, epoch: int, factor: float = 0.1, milestones=()) -> float:
+    """Step cooling of the learning rate: lr times ``factor`` once for every milestone
+    m <= epoch (epochs counted from 0, as torch.optim.lr_scheduler.MultiStepLR stepped
+    once per epoch). The paper's pixel protocol, 100 epochs cooled by 10 after epochs 33
+    and 66, is ``cooled_lr(1e-4, e, 0.1, (33, 66))``: 1e-4 for epochs 0-32, 1e-5 for
+    33-65 and 1e-6 for 66-99."""
+    _check_rate("lr", lr)
+    epoch = _check_size("epoch", epoch, minimum=0)
+    _check_rate("factor", factor, positive=True)
+    ms = tuple(milestones)
+    for m in ms:
+        _check_size("milestones[i]", m, minimum=1)
+    if list(ms) != sorted(set(ms)):
+        raise ValueError(f"milestones must be increasing epochs, got {ms}")
+    for m in ms:
+        if epoch >= m:
+            lr = lr * factor
+    return float(lr)
 
 
 # ---------------------------------------------------------------------------------------

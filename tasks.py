@@ -245,9 +245,9 @@ _BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
-def _marked_pairs(n, T, rng):
-    """Values, marker positions and marked values shared by the adding and multiplication
-    problems. Returns x (T, n, 2) float64 and the two marked values a, b (n,) each."""
+def _marker_draws(n, T, rng):
+    """The draws of the adding and multiplication problems: values (T, n) uniform on
+    [0, 1], then the first markers (n,) in [0, T//2), then the second (n,) in [T//2, T)."""
     n = nr._check_size("n", n)
     T = nr._check_size("T", T, minimum=2)
     if not isinstance(rng, np.random.Generator):
@@ -256,12 +256,27 @@ def _marked_pairs(n, T, rng):
     values = rng.uniform(0.0, 1.0, size=(T, n))              # (T, n)
     first = rng.integers(0, half, size=n)                    # a step in [0, T//2)
     second = rng.integers(half, T, size=n)                   # a step in [T//2, T)
+    return values, first, second
+
+
+def _marked_inputs(values, first, second):
+    """x (T, n, 2) float64 from values (T, n) and the two marker steps (n,) each."""
+    T, n = values.shape
     cols = np.arange(n)
     x = np.zeros((T, n, 2))                                  # (T, n, 2)
     x[:, :, 0] = values
     x[first, cols, 1] = 1.0
     x[second, cols, 1] = 1.0
-    return x, values[first, cols], values[second, cols]
+    return x
+
+
+def _marked_pairs(n, T, rng):
+    """Values, marker positions and marked values shared by the adding and multiplication
+    problems. Returns x (T, n, 2) float64 and the two marked values a, b (n,) each."""
+    values, first, second = _marker_draws(n, T, rng)
+    cols = np.arange(values.shape[1])
+    return (_marked_inputs(values, first, second), values[first, cols],
+            values[second, cols])
 
 
 def adding_problem(n, T, rng):
@@ -815,30 +830,33 @@ class Progress:
                  else "") + f", {record['wall_seconds']:.0f} s", file=self.stream, flush=True)
 
 
-def _worker(cfg, queue):
+def _worker(fn, cfg, queue):
     """Entry point of a worker process (spawned, BLAS threads set in its environment)."""
-    return train_run(cfg, report=queue.put)
+    return fn(cfg, report=queue.put)
 
 
-def run_many(cfgs, jobs=2, threads=1, progress=None):
+def run_many(cfgs, jobs=2, threads=1, progress=None, fn=None, label=None):
     """Run every config; return [(record, curve) or (cfg, error string)] in input order.
 
     jobs=1 runs them here one after another. Otherwise a pool of ``jobs`` spawned worker
     processes runs them, with the BLAS thread variables set to ``threads`` in the
     environment they inherit, so each worker's NumPy starts with that many threads. A run
-    that raises is reported and the others go on.
+    that raises is reported and the others go on. fn(cfg, report=...) trains one run
+    (train_run by default) and label(cfg) names it (run_label by default).
     """
+    fn = train_run if fn is None else fn
+    label = run_label if label is None else label
     results = [None] * len(cfgs)
     if jobs == 1 or len(cfgs) == 1:
         for i, cfg in enumerate(cfgs):
             try:
-                results[i] = train_run(cfg, report=progress.update if progress else None)
+                results[i] = fn(cfg, report=progress.update if progress else None)
                 if progress:
-                    progress.done(run_label(cfg), results[i][0])
+                    progress.done(label(cfg), results[i][0])
             except (ValueError, TypeError, OSError, ImportError) as e:
                 results[i] = (cfg, f"{type(e).__name__}: {e}")
                 if progress:
-                    progress.done(run_label(cfg), error=results[i][1])
+                    progress.done(label(cfg), error=results[i][1])
         return results
     import concurrent.futures as cf
     import multiprocessing as mp
@@ -850,7 +868,7 @@ def run_many(cfgs, jobs=2, threads=1, progress=None):
         with ctx.Manager() as manager, cf.ProcessPoolExecutor(
                 max_workers=jobs, mp_context=ctx) as pool:
             q = manager.Queue()
-            futs = {pool.submit(_worker, cfg, q): i for i, cfg in enumerate(cfgs)}
+            futs = {pool.submit(_worker, fn, cfg, q): i for i, cfg in enumerate(cfgs)}
             pending = set(futs)
             while pending:
                 try:
@@ -867,11 +885,11 @@ def run_many(cfgs, jobs=2, threads=1, progress=None):
                     try:
                         results[i] = f.result()
                         if progress:
-                            progress.done(run_label(cfgs[i]), results[i][0])
+                            progress.done(label(cfgs[i]), results[i][0])
                     except Exception as e:  # a failed run must not stop the others
                         results[i] = (cfgs[i], f"{type(e).__name__}: {e}")
                         if progress:
-                            progress.done(run_label(cfgs[i]), error=results[i][1])
+                            progress.done(label(cfgs[i]), error=results[i][1])
     finally:
         for v, old in saved.items():
             if old is None:
@@ -1360,6 +1378,785 @@ def _add_experiment_commands(sub):
                        help="when the output is not a terminal, print each run's progress "
                        "every S seconds (default 30)")
         p.set_defaults(func=cmd_experiment)
+
+
+# ---------------------------------------------------------------------------------------
+# The paper's protocol: fixed training sets, the paper's metric, run folders that survive
+# sessions (python tasks.py paper adding|multiply|pixel, python tasks.py resume ROOT)
+# ---------------------------------------------------------------------------------------
+
+import dataclasses  # noqa: E402
+import subprocess  # noqa: E402
+
+PAPER_TASKS = ("adding", "multiply", "pixel")
+PAPER_TOLERANCE = 0.04          # a test sequence is correct when |prediction - target| < 0.04
+PAPER_THRESHOLDS = (0.5, 0.9)   # the update at which the metric first exceeds each is kept
+RUN_FORMAT = "nprnn-ref-run/1"
+RUN_CHECKPOINT_FORMAT = "nprnn-ref-run-checkpoint/1"
+PIXEL_DATASETS = {"mnist": None, "fashion-mnist": "/usr/share/datasets/fashion-mnist"}
+CLASS_NAMES = {
+    "mnist": tuple(str(i) for i in range(10)),
+    "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                      "Shirt", "Sneaker", "Bag", "Ankle boot"),
+}
+# The paper's networks (its Table 1) in the order its tables list them, then the
+# project's own tanh RNN. This order is also the canonical order of runs in a job.
+PAPER_SCHEMES = ("irnn", "i-rnn", "nrnn", "np", "np-tanh", "ornn", "grnn", "tanh")
+
+
+@dataclasses.dataclass(frozen=True)
+class PaperRun:
+    """Everything that defines one run of the paper's protocol (frozen, written to
+    run.json). Updates are minibatch steps; an epoch is train_size // batch updates."""
+    task: str                      # adding | multiply | pixel
+    scheme: str                    # a key of nprnn_ref.SCHEMES
+    seed: int
+    seq_len: int                   # T (784 for the pixel task)
+    hidden: int
+    inputs: str                    # a key of nprnn_ref.INPUT_RECIPES
+    optimizer: str                 # sgd | rmsprop
+    lr: float
+    cool_factor: float             # lr *= cool_factor at each epoch of cool_epochs
+    cool_epochs: tuple
+    clip: float | None             # global-norm clipping threshold, None for none
+    batch: int
+    epochs: int
+    train_size: int
+    test_size: int
+    eval_every: int                # updates between evaluations on the test set
+    dataset: str | None = None     # pixel: mnist | fashion-mnist
+    data: str | None = None        # pixel: the folder or .npz the images came from
+
+    @property
+    def updates_per_epoch(self) -> int:
+        return self.train_size // self.batch
+
+    @property
+    def total_updates(self) -> int:
+        return self.epochs * self.updates_per_epoch
+
+    @property
+    def name(self) -> str:
+        """The run's folder name: task, length or data set, scheme, seed."""
+        what = f"pixel-{self.dataset}" if self.task == "pixel" else \
+            f"{self.task}-T{self.seq_len}"
+        return f"{what}-{self.scheme}-seed{self.seed}"
+
+    def to_json(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["cool_epochs"] = list(self.cool_epochs)
+        return d
+
+    @classmethod
+    def from_json(cls, d, source="run.json"):
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if not isinstance(d, dict) or set(d) - fields or \
+                {f.name for f in dataclasses.fields(cls) if f.default is
+                 dataclasses.MISSING} - set(d):
+            raise ValueError(f"{source}: spec must have the fields {sorted(fields)}, got "
+                             f"{sorted(d) if isinstance(d, dict) else type(d).__name__}")
+        return cls(**dict(d, cool_epochs=tuple(d["cool_epochs"])))
+
+
+# The paper's settings (Talathi and Vartak, arXiv 1511.03771v3, sections 3 and 4).
+PAPER_PROTOCOLS = {
+    "adding": dict(seq_len=150, optimizer="sgd", lr=1e-3, cool_factor=0.1, cool_epochs=(),
+                   clip=10.0, batch=1, epochs=10, train_size=100_000, test_size=10_000,
+                   eval_every=10_000),
+    "multiply": dict(seq_len=50, optimizer="sgd", lr=2e-4, cool_factor=0.1,
+                     cool_epochs=(33, 66), clip=10.0, batch=16, epochs=100,
+                     train_size=100_000, test_size=10_000, eval_every=None),
+    "pixel": dict(seq_len=784, optimizer="sgd", lr=1e-4, cool_factor=0.1,
+                  cool_epochs=(33, 66), clip=10.0, batch=16, epochs=100, train_size=60_000,
+                  test_size=10_000, eval_every=None),
+}                                               # eval_every None: once per epoch
+# The pixel task's IRNN: the paper could not train it by SGD and used RMSprop at 1e-6.
+PIXEL_IRNN = dict(optimizer="rmsprop", lr=1e-6, cool_epochs=())
+
+PAPER_CHOICES = {
+    "all": [
+        "every network gets the paper's input recipe W_hx ~ N(0, alpha(H)^2 / H) "
+        "(--inputs scheme gives IRNN and iRNN Le et al.'s N(0, 0.001^2) instead)",
+        "W_yh Glorot normal, biases 0, one hidden layer of 100 units, float64",
+        "gradients clipped by their global norm over all five parameters, at 10, for "
+        "every task and optimiser (the paper gives 10 for adding only)",
+        "gRNN: W_hh ~ N(0, 1/N) (the paper gives no scale; the spectral radius of each "
+        "draw is recorded, median about 1.05 at N = 100)",
+        "one seed per network and length, as the paper; the seed fixes the weights, the "
+        "training and the test set, which every network of a seed shares",
+        "the training set is drawn once and visited in a fresh shuffled order every "
+        "epoch; an epoch is train_size // batch updates",
+    ],
+    "adding": ["evaluation on the whole test set every 10,000 updates"],
+    "multiply": [
+        "'cooled twice by a factor of 10 in equal intervals' read as lr / 10 from epoch "
+        "33 and lr / 100 from epoch 66 (0-based: epochs 0-32, 33-65, 66-99)",
+        "evaluation on the whole test set every epoch (6,250 updates)",
+        "predicting 1/4 gives test MSE 7/144 = 0.049; the paper states 0.2025",
+    ],
+    "pixel": [
+        "np-RNN and the other SGD networks: lr 1e-4, cooled by 10 from epochs 33 and 66; "
+        "IRNN: RMSprop (PyTorch's form, alpha 0.99, eps 1e-8) at lr 1e-6, not cooled",
+        "evaluation on the whole test split every epoch (3,750 updates)",
+        "pixels scaled to [0, 1], read one per step in scanline order (T = 784)",
+    ],
+}
+
+
+def paper_run(task, scheme, seed, *, dataset=None, data=None, inputs="paper", hidden=100,
+              **overrides) -> PaperRun:
+    """The paper's protocol for one run, with ``overrides`` (None values ignored)."""
+    nr._check_choice("task", task, PAPER_TASKS)
+    nr._check_choice("scheme", scheme, tuple(nr.SCHEMES))
+    nr._check_choice("inputs", inputs, tuple(nr.INPUT_RECIPES))
+    d = dict(PAPER_PROTOCOLS[task])
+    if task == "pixel" and scheme == "irnn":
+        d.update(PIXEL_IRNN)
+    d.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = set(d) - {f.name for f in dataclasses.fields(PaperRun)}
+    if unknown:
+        raise TypeError(f"paper_run got unknown settings {sorted(unknown)}")
+    if task == "pixel":
+        nr._check_choice("dataset", dataset, tuple(PIXEL_DATASETS))
+        if d["seq_len"] != 784:
+            raise ValueError(f"seq_len of the pixel task must be 784, got {d['seq_len']}")
+    else:
+        dataset = data = None
+    if d["eval_every"] is None:
+        d["eval_every"] = max(1, d["train_size"] // d["batch"])
+    spec = PaperRun(task=task, scheme=scheme, seed=seed, hidden=hidden, inputs=inputs,
+                    dataset=dataset, data=data, **d)
+    _check_paper_run(spec)
+    return spec
+
+
+def paper_departures(spec: PaperRun) -> list:
+    """Where spec differs from the paper's protocol for its task and network, in words."""
+    paper = paper_run(spec.task, spec.scheme, spec.seed, dataset=spec.dataset,
+                      data=spec.data)
+    out = []
+    for k, v in spec.to_json().items():
+        if k != "data" and v != paper.to_json()[k]:
+            out.append(f"departure: {k}={v} (the paper's protocol: {paper.to_json()[k]})")
+    return out
+
+
+def _check_paper_run(spec: PaperRun) -> None:
+    nr._check_size("seed", spec.seed, minimum=0)
+    nr._check_size("seq_len", spec.seq_len, minimum=2)
+    for k in ("hidden", "batch", "epochs", "train_size", "test_size", "eval_every"):
+        nr._check_size(k, getattr(spec, k))
+    nr._check_choice("optimizer", spec.optimizer, ("sgd", "rmsprop"))
+    nr._check_rate("lr", spec.lr, positive=True)
+    nr.cooled_lr(spec.lr, 0, spec.cool_factor, spec.cool_epochs)      # validates them
+    if spec.clip is not None:
+        nr._check_rate("clip", spec.clip, positive=True)
+    if spec.batch > spec.train_size:
+        raise ValueError(f"batch must be <= train_size={spec.train_size}, got {spec.batch}")
+
+
+def _code_version():
+    """(commit, dirty) of the git checkout this file lives in, or (None, None)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        commit = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True,
+                                text=True, timeout=10).stdout.strip() or None
+        dirty = bool(subprocess.run(["git", "-C", here, "status", "--porcelain",
+                                     "--untracked-files=no"], capture_output=True,
+                                    text=True, timeout=10).stdout.strip()) if commit else None
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    return commit, dirty
+
+
+# --- Data of a run: drawn once from the seed (adding, multiply) or read (pixel) ---------
+
+class _FixedData:
+    """A run's training and test set. Training batches: epoch e visits the training set in
+    the order of a permutation seeded by (seed, 3, e), batch k of the epoch taking
+    positions k*B .. (k+1)*B - 1; so a resumed run continues mid-epoch exactly."""
+
+    def __init__(self, spec: PaperRun):
+        self.spec = spec
+        self.regression = spec.task != "pixel"
+        if self.regression:
+            # Training set from stream (seed, 1), test set from (seed, 2): the same for
+            # every network of a seed. Training values are kept per sequence (n, T).
+            values, first, second = _marker_draws(spec.train_size, spec.seq_len,
+                                                  np.random.default_rng([spec.seed, 1]))
+            cols = np.arange(spec.train_size)
+            a, b = values[first, cols], values[second, cols]
+            self.target = ((a + b) if spec.task == "adding" else (a * b))[:, None]
+            self.values = np.ascontiguousarray(values.T)               # (n, T)
+            del values
+            self.first, self.second = first, second
+            v, f, s2 = _marker_draws(spec.test_size, spec.seq_len,
+                                     np.random.default_rng([spec.seed, 2]))
+            c = np.arange(spec.test_size)
+            self.x_test = _marked_inputs(v, f, s2)                       # (T, n, 2)
+            ta, tb = v[f, c], v[s2, c]
+            self.y_test = ((ta + tb) if spec.task == "adding" else (ta * tb))[:, None]
+            self.n_in, self.n_out, self.loss = 2, 1, "mse"
+        else:
+            d = load_pixel_dataset(spec.dataset, spec.data)
+            if spec.train_size > len(d["y_train"]) or spec.test_size > len(d["y_test"]):
+                raise ValueError(
+                    f"{spec.dataset} at {d['source']} has {len(d['y_train'])} training and "
+                    f"{len(d['y_test'])} test images, fewer than train_size="
+                    f"{spec.train_size} or test_size={spec.test_size}")
+            self.x_train = d["x_train"][:spec.train_size]
+            self.y_train = d["y_train"][:spec.train_size]
+            self.x_test = pixel_sequences(d["x_test"][:spec.test_size])  # (784, n, 1)
+            self.y_test = d["y_test"][:spec.test_size]
+            self.n_in, self.n_out, self.loss = 1, 10, "xent"
+        self._epoch, self._order = None, None
+
+    def batch(self, update: int):
+        """The training batch of 0-based update ``update``: x (T, B, D), target."""
+        spec = self.spec
+        e, k = divmod(update, spec.updates_per_epoch)
+        if e != self._epoch:
+            self._epoch = e
+            self._order = np.random.default_rng([spec.seed, 3, e]).permutation(
+                spec.train_size)
+        idx = self._order[k * spec.batch:(k + 1) * spec.batch]
+        if not self.regression:
+            return pixel_sequences(self.x_train[idx]), self.y_train[idx]
+        B = len(idx)
+        x = np.zeros((spec.seq_len, B, 2))                               # (T, B, 2)
+        x[:, :, 0] = self.values[idx].T
+        cols = np.arange(B)
+        x[self.first[idx], cols, 1] = 1.0
+        x[self.second[idx], cols, 1] = 1.0
+        return x, self.target[idx]
+
+
+def load_pixel_dataset(name, path=None):
+    """MNIST or Fashion-MNIST (the same IDX format) for the pixel task: load_mnist's
+    arrays plus "name", "source" and "classes" (the label names)."""
+    nr._check_choice("dataset", name, tuple(PIXEL_DATASETS))
+    if path is None:
+        path = PIXEL_DATASETS[name]
+        if path is None:
+            raise FileNotFoundError("the mnist data set is not installed anywhere known: "
+                                    "pass --data with mnist.npz or a folder of its four IDX "
+                                    "files")
+    try:
+        d = load_mnist(path)
+    except FileNotFoundError as e:
+        if name == "fashion-mnist" and path == PIXEL_DATASETS[name]:
+            raise FileNotFoundError(
+                f"Fashion-MNIST is not at {path}: install it with "
+                "`apt-get install dataset-fashion-mnist`, or pass --data") from None
+        raise FileNotFoundError(str(e).replace("MNIST", name)) from None
+    return dict(d, name=name, source=os.fspath(path), classes=CLASS_NAMES[name])
+
+
+def _evaluate_fixed(params, data, nonlinearity, max_elems=4_000_000):
+    """Test metrics over the whole test set, in chunks. Regression: mse, within (the
+    fraction of sequences with |error| < PAPER_TOLERANCE) and correct (their number).
+    Classification: loss, accuracy, correct, and the predictions."""
+    T, n, _ = data.x_test.shape
+    H = params["W_hh"].shape[0]
+    chunk = max(1, min(n, max_elems // (T * H)))
+    ys = []
+    for i in range(0, n, chunk):
+        h, _ = nr.forward(params, data.x_test[:, i:i + chunk], nonlinearity=nonlinearity)
+        ys.append(nr.readout(params, h, "last"))                        # (b, O)
+    y = np.concatenate(ys)                                               # (n, O)
+    if data.regression:
+        err = y - data.y_test
+        correct = int(np.sum(np.abs(err[:, 0]) < PAPER_TOLERANCE))
+        return {"mse": float(np.mean(err * err)), "within": correct / n, "correct": correct}
+    L, _ = nr.loss_fn(y, data.y_test, "xent")
+    pred = np.argmax(y, axis=1)
+    correct = int(np.sum(pred == data.y_test))
+    return {"loss": float(L), "accuracy": correct / n, "correct": correct, "pred": pred}
+
+
+# --- One run: train, evaluate, checkpoint, continue -------------------------------------
+
+def _new_history(spec, params):
+    return {"curve": [], "best_metric": None, "best_mse": None, "best_loss": None,
+            "first_update_above": {str(t): None for t in PAPER_THRESHOLDS},
+            "train_seconds": 0.0, "wall_seconds": 0.0, "parts": 0, "diverged_at": None,
+            "init_spectral_radius": nr.spectral_radius(params["W_hh"])}
+
+
+def _record_eval(history, spec, update, lr, train_loss, m):
+    """Append one evaluation to history and update its best values and thresholds."""
+    metric = m["within"] if "within" in m else m["accuracy"]
+    point = {"update": update, "epoch": update / spec.updates_per_epoch, "lr": lr,
+             "train_loss": train_loss}
+    point.update({"test_" + k: v for k, v in m.items() if k != "pred"})
+    history["curve"].append(point)
+    if history["best_metric"] is None or metric > history["best_metric"]:
+        history["best_metric"] = metric
+    for k in ("mse", "loss"):
+        if k in m and (history["best_" + k] is None or m[k] < history["best_" + k]):
+            history["best_" + k] = m[k]
+    for t in PAPER_THRESHOLDS:
+        if history["first_update_above"][str(t)] is None and metric > t:
+            history["first_update_above"][str(t)] = update
+
+
+def _save_run_checkpoint(folder, spec, params, opt_state, update, history, pending):
+    """checkpoint.npz: parameters, optimiser state, the next update, the history so far
+    and the training losses since the last evaluation (written atomically)."""
+    arrays = {k: params[k] for k in nr.PARAM_NAMES}
+    for k in nr.PARAM_NAMES:
+        arrays["opt_" + k] = (np.zeros_like(params[k]) if opt_state is None
+                              else opt_state[k])
+    arrays.update(update=np.array(update, np.int64),
+                  opt_state_set=np.array(opt_state is not None),
+                  pending_losses=np.array(pending, np.float64),
+                  history=np.array(json.dumps(history)),
+                  spec=np.array(json.dumps(spec.to_json(), sort_keys=True)),
+                  format=np.array(RUN_CHECKPOINT_FORMAT))
+    path = os.path.join(folder, "checkpoint.npz")
+    tmp = f"{path}.{os.getpid()}.partial"
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def _load_run_checkpoint(folder, spec):
+    """The state saved by _save_run_checkpoint, checked against spec."""
+    path = os.path.join(folder, "checkpoint.npz")
+    bad = f"{path} is not a checkpoint of this run"
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if "format" not in z.files or str(z["format"]) != RUN_CHECKPOINT_FORMAT:
+                raise ValueError(f"{bad}: format must be {RUN_CHECKPOINT_FORMAT!r}")
+            a = {k: z[k] for k in z.files}
+    except (OSError, EOFError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{bad}: damaged or unreadable .npz ({e})") from None
+    if json.loads(str(a["spec"])) != spec.to_json():
+        raise ValueError(f"{bad}: its spec differs from run.json")
+    params = {k: a[k] for k in nr.PARAM_NAMES}
+    nr.check_params(params)
+    opt_state = {k: a["opt_" + k] for k in nr.PARAM_NAMES} if bool(a["opt_state_set"]) \
+        else None
+    return (params, opt_state, int(a["update"]), json.loads(str(a["history"])),
+            [float(v) for v in a["pending_losses"]])
+
+
+def _write_curves_csv(folder, spec, history):
+    import csv
+    rows = history["curve"]
+    fields = list(dict.fromkeys(k for r in rows for k in r))
+    tmp = os.path.join(folder, f"curves.csv.{os.getpid()}.partial")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["run", "task", "scheme", "seed", "seq_len"] + fields,
+                           restval="")
+        w.writeheader()
+        for r in rows:
+            w.writerow({"run": spec.name, "task": spec.task, "scheme": spec.scheme,
+                        "seed": spec.seed, "seq_len": spec.seq_len,
+                        **{k: ("" if v is None else v) for k, v in r.items()}})
+    os.replace(tmp, os.path.join(folder, "curves.csv"))
+
+
+def _json_safe(v):
+    """Non-finite floats as None, so that summary.json is strict JSON."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_json_safe(x) for x in v]
+    return v
+
+
+def run_summary(spec: PaperRun, history: dict, status: str, extra=None) -> dict:
+    """A finished run's record: the spec, final and best values, thresholds, timing."""
+    curve = history["curve"]
+    last = curve[-1] if curve else {}
+    regression = spec.task != "pixel"
+    metric_key = "test_within" if regression else "test_accuracy"
+    done = (history["diverged_at"] - 1) if history["diverged_at"] else spec.total_updates
+    rec = {"run": spec.name, **spec.to_json(), "status": status,
+           "paper_name": nr.SCHEMES[spec.scheme].paper_name,
+           "nonlinearity": nr.SCHEMES[spec.scheme].nonlinearity,
+           "updates": spec.total_updates, "updates_done": done,
+           "diverged_at": history["diverged_at"],
+           "final_metric": last.get(metric_key), "best_metric": history["best_metric"],
+           "final_correct": last.get("test_correct"),
+           "first_update_above_50": history["first_update_above"]["0.5"],
+           "first_update_above_90": history["first_update_above"]["0.9"],
+           "init_spectral_radius": history["init_spectral_radius"],
+           "wall_seconds": history["wall_seconds"], "train_seconds": history["train_seconds"],
+           "parts": history["parts"],
+           "updates_per_second": (done / history["train_seconds"]
+                                  if history["train_seconds"] > 0 else None)}
+    if regression:
+        rec.update(final_test_mse=last.get("test_mse"), best_test_mse=history["best_mse"])
+    else:
+        rec.update(final_test_accuracy=last.get("test_accuracy"),
+                   final_test_loss=last.get("test_loss"), best_test_loss=history["best_loss"])
+    rec.update(extra or {})
+    rec["steps_done"] = done                    # the name Progress.done reads
+    return _json_safe(rec)
+
+
+def create_run_folder(root, spec: PaperRun, choices=()) -> str:
+    """Write ROOT/<spec.name>/run.json (the spec, the code's commit and version, the
+    choices made where the paper is silent). Refuses a folder that exists."""
+    folder = os.path.join(root, spec.name)
+    if os.path.exists(folder):
+        raise FileExistsError(f"run folder {folder} already exists")
+    os.makedirs(folder)
+    commit, dirty = _code_version()
+    meta = {"format": RUN_FORMAT, "spec": spec.to_json(), "commit": commit, "dirty": dirty,
+            "numpy": np.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "choices": list(choices)}
+    with open(os.path.join(folder, "run.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+        f.write("\n")
+    return folder
+
+
+def read_run_folder(folder) -> tuple:
+    """(spec, meta, summary or None) of a run folder."""
+    path = os.path.join(folder, "run.json")
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable run.json ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != RUN_FORMAT:
+        raise ValueError(f"{path}: format must be {RUN_FORMAT!r}")
+    spec = PaperRun.from_json(meta.get("spec"), path)
+    _check_paper_run(spec)
+    summary = None
+    sp = os.path.join(folder, "summary.json")
+    if os.path.exists(sp):
+        with open(sp) as f:
+            summary = json.load(f)
+    return spec, meta, summary
+
+
+def train_paper_run(folder, report=None, report_every=0.5, until=None) -> dict:
+    """Train (or continue) the run in ``folder`` to its last update, or to update
+    ``until``; return its summary (status "finished", "diverged" or "paused").
+
+    The history (curve, best values, first update past each threshold, wall and training
+    time summed over the parts) is carried in the checkpoint, so a run continued from its
+    checkpoint ends with the summary of an uninterrupted run, timing aside. Checkpoints
+    are written at every evaluation and at ``until``; a killed run loses at most the
+    updates since its last checkpoint.
+    """
+    spec, _, summary = read_run_folder(folder)
+    if summary is not None and summary["status"] != "paused":
+        return summary
+    t_part = time.perf_counter()
+    data = _FixedData(spec)
+    nonlin = nr.SCHEMES[spec.scheme].nonlinearity
+    total = spec.total_updates
+    if os.path.exists(os.path.join(folder, "checkpoint.npz")):
+        params, opt_state, update, history, pending = _load_run_checkpoint(folder, spec)
+    else:
+        params = nr.init_params(data.n_in, spec.hidden, data.n_out, spec.scheme,
+                                np.random.default_rng([spec.seed, 0]), inputs=spec.inputs)
+        opt_state, update, pending = None, 0, []
+        history = _new_history(spec, params)
+        _record_eval(history, spec, 0, spec.lr, None,
+                     _evaluate_fixed(params, data, nonlin))
+    history["parts"] += 1
+    wall0, train0 = history["wall_seconds"], history["train_seconds"]
+    stop = total if until is None else min(until, total)
+    nr.check_params(params)                    # validated once: the loop below skips it
+    dtype = params["W_hh"].dtype
+    h0 = np.zeros((spec.batch, spec.hidden), dtype)
+    lr, lr_epoch, last_report, train_time, last_m = spec.lr, None, 0.0, 0.0, None
+
+    def checkpoint(u):
+        history["wall_seconds"] = wall0 + (time.perf_counter() - t_part)
+        history["train_seconds"] = train0 + train_time
+        _save_run_checkpoint(folder, spec, params, opt_state, u, history, pending)
+        _write_curves_csv(folder, spec, history)
+
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        for u in range(update, stop):
+            t0 = time.perf_counter()
+            epoch = u // spec.updates_per_epoch
+            if epoch != lr_epoch:
+                lr, lr_epoch = nr.cooled_lr(spec.lr, epoch, spec.cool_factor,
+                                            spec.cool_epochs), epoch
+            x, target = data.batch(u)
+            # loss_and_grads without its validation, which the data and parameters of a
+            # run do not need at every update: the same functions, the same numbers.
+            h, cache = nr._forward(params, x, h0, nonlin)
+            L, dy = nr.loss_fn(nr._readout(params, h, "last"), target, data.loss)
+            if not np.isfinite(L):
+                history["diverged_at"] = u + 1
+                break
+            grads = nr._grads_from(dy, params, h, cache, "last")
+            if spec.clip is not None:
+                grads, _ = nr.clip_grads(grads, spec.clip)
+            if spec.optimizer == "sgd":
+                new, opt_state_new = nr._sgd_update(params, grads, opt_state, lr, 0.0, dtype)
+            else:
+                new, opt_state_new = nr._rmsprop_update(params, grads, opt_state, lr, 0.99,
+                                                        1e-8, dtype)
+            if not _all_finite(new.values()):
+                history["diverged_at"] = u + 1
+                break
+            params, opt_state = new, opt_state_new
+            pending.append(float(L))
+            train_time += time.perf_counter() - t0
+            done = u + 1
+            if done % spec.eval_every == 0 or done == total:
+                last_m = _evaluate_fixed(params, data, nonlin)
+                _record_eval(history, spec, done, lr, float(np.mean(pending)), last_m)
+                pending = []
+                checkpoint(done)
+            now = time.perf_counter()
+            if report is not None and (now - last_report >= report_every or done == stop):
+                last_report = now
+                sps = (done - update) / train_time
+                c = history["curve"][-1]
+                report({"run": spec.name, "step": done, "total": total, "sps": sps,
+                        "loss": float(np.mean(pending[-200:])) if pending else c["train_loss"],
+                        "metric": c.get("test_within", c.get("test_accuracy")),
+                        "metric_name": "test " + ("within" if data.regression else "acc"),
+                        "eta": (total - done) / sps if sps > 0 else None})
+    diverged = history["diverged_at"] is not None
+    if diverged or stop == total:
+        history["wall_seconds"] = wall0 + (time.perf_counter() - t_part)
+        history["train_seconds"] = train0 + train_time
+        _write_curves_csv(folder, spec, history)
+        extra = {}
+        if not data.regression and not diverged:
+            m = last_m if last_m is not None else _evaluate_fixed(params, data, nonlin)
+            extra["per_class_accuracy"] = {
+                name: float(np.mean(m["pred"][data.y_test == c] == c))
+                for c, name in enumerate(CLASS_NAMES[spec.dataset])}
+        summary = run_summary(spec, history, "diverged" if diverged else "finished", extra)
+        tmp = os.path.join(folder, f"summary.json.{os.getpid()}.partial")
+        with open(tmp, "w") as f:
+            json.dump(summary, f, indent=1, allow_nan=False)
+            f.write("\n")
+        os.replace(tmp, os.path.join(folder, "summary.json"))
+        return summary
+    if stop != update and (stop % spec.eval_every != 0):
+        checkpoint(stop)
+    return run_summary(spec, history, "paused")
+
+
+# --- Jobs: many runs under one root -----------------------------------------------------
+
+def canonical_key(spec: PaperRun):
+    """The canonical order of runs in a job: task, length, data set, network in
+    PAPER_SCHEMES' order (others after, by name), seed, then the name itself."""
+    rank = PAPER_SCHEMES.index(spec.scheme) if spec.scheme in PAPER_SCHEMES else \
+        len(PAPER_SCHEMES)
+    return (PAPER_TASKS.index(spec.task), spec.seq_len, spec.dataset or "", rank,
+            spec.scheme, spec.seed, spec.name)
+
+
+def find_run_folders(root) -> list:
+    """Every run folder (holding run.json) directly under root, in canonical order."""
+    if not os.path.isdir(root):
+        raise FileNotFoundError(f"{root} is not a folder")
+    found = []
+    for name in sorted(os.listdir(root)):
+        folder = os.path.join(root, name)
+        if os.path.isfile(os.path.join(folder, "run.json")):
+            found.append((read_run_folder(folder)[0], folder))
+    found.sort(key=lambda sf: canonical_key(sf[0]))
+    return [f for _, f in found]
+
+
+def paper_table(summaries) -> str:
+    """One row per run: the paper's metric at the end and at its best, test MSE (or
+    loss), the first update past 50% and 90%, status, wall time and speed."""
+    head = (f"{'run':<34} {'net':<10} {'final':>7} {'best':>6} {'final MSE':>10} "
+            f"{'best MSE':>9} {'>50% at':>9} {'>90% at':>9} {'rho0':>6} {'status':>9} "
+            f"{'wall':>8} {'upd/s':>6}")
+    lines = [head]
+    for r in summaries:
+        regression = r["task"] != "pixel"
+        pct = (lambda v: "-" if v is None else f"{100 * v:.1f}%")
+        err = "final_test_mse" if regression else "final_test_loss"
+        best = "best_test_mse" if regression else "best_test_loss"
+        status = r["status"] if r["status"] != "diverged" else f"div@{r['diverged_at']}"
+        lines.append(
+            f"{r['run']:<34} {r['paper_name'] or r['scheme']:<10} {pct(r['final_metric']):>7} "
+            f"{pct(r['best_metric']):>6} {_fmt(r.get(err)):>10} {_fmt(r.get(best)):>9} "
+            f"{_fmt(r['first_update_above_50'], 'd'):>9} "
+            f"{_fmt(r['first_update_above_90'], 'd'):>9} "
+            f"{_fmt(r['init_spectral_radius'], '.3f'):>6} {status:>9} "
+            f"{_fmt_time(r['wall_seconds']):>8} {_fmt(r['updates_per_second'], '.0f'):>6}")
+    metric = ("metric: % of test sequences with |error| < 0.04 (adding, multiply), test "
+              "accuracy (pixel); rho0: spectral radius of the initial W_hh")
+    return "\n".join(lines + [metric])
+
+
+def _train_folder(folder, report=None):
+    """run_many's view of train_paper_run: (summary, None)."""
+    return train_paper_run(folder, report=report), None
+
+
+def _folder_label(folder):
+    return os.path.basename(os.path.normpath(folder))
+
+
+def _run_job(folders, args) -> int:
+    """Train every folder (unfinished ones continue), then print the table."""
+    progress = Progress(every=args.progress_every)
+    results = run_many(folders, jobs=args.jobs, threads=args.threads, progress=progress,
+                       fn=_train_folder, label=_folder_label)
+    summaries, failed = [], []
+    for folder, (summary, err) in zip(folders, results):
+        if isinstance(err, str):
+            failed.append((folder, err))
+        else:
+            summaries.append(summary)
+    if summaries:
+        print()
+        print(paper_table(summaries))
+    for folder, err in failed:
+        print(f"{folder}: FAILED: {err}")
+    return 1 if failed else 0
+
+
+def _print_protocol(specs, choices):
+    s0 = specs[0]
+    fixed = {k: v for k, v in s0.to_json().items() if k not in ("scheme", "seed")}
+    varying = {k for s in specs for k, v in s.to_json().items() if fixed.get(k, v) != v}
+    print(f"paper protocol, {s0.task}: " + ", ".join(
+        f"{k}={v}" for k, v in fixed.items() if k not in varying and v is not None))
+    print(f"  {s0.updates_per_epoch} updates per epoch, {s0.total_updates} updates in all")
+    for s in specs:
+        if varying:
+            print(f"  {s.name}: " + ", ".join(f"{k}={getattr(s, k)}" for k in sorted(varying)))
+    print("choices where the paper is silent, and departures from it:")
+    for c in choices:
+        print(f"  - {c}")
+    print(f"{len(specs)} run(s): " + ", ".join(s.name for s in specs), flush=True)
+
+
+def cmd_paper(args):
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    schemes = sorted(args.schemes, key=lambda s: (PAPER_SCHEMES.index(s)
+                                                  if s in PAPER_SCHEMES else 99, s))
+    try:
+        specs = [paper_run(args.task, s, seed, dataset=args.dataset, data=args.data,
+                           inputs=args.inputs, hidden=args.hidden, seq_len=args.seq_len,
+                           optimizer=args.optimizer, lr=args.lr, epochs=args.epochs,
+                           train_size=args.train_size, test_size=args.test_size,
+                           eval_every=args.eval_every, batch=args.batch,
+                           clip=None if args.clip == "none" else args.clip)
+                 for s in schemes for seed in seeds]
+        if args.task == "pixel":
+            load_pixel_dataset(args.dataset, args.data)     # say what is missing now
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        raise SystemExit(f"tasks.py: error: {e}") from None
+    departures = list(dict.fromkeys(d for s in specs for d in paper_departures(s)))
+    choices = departures + PAPER_CHOICES["all"] + PAPER_CHOICES[args.task]
+    _print_protocol(specs, choices)
+    folders = []
+    for spec in specs:
+        folder = os.path.join(args.out, spec.name)
+        if os.path.exists(folder):
+            if not args.resume:
+                raise SystemExit(f"tasks.py: error: {folder} already exists; pass --resume "
+                                 "to continue its run, or choose another --out")
+            try:
+                old, _, _ = read_run_folder(folder)
+            except ValueError as e:
+                raise SystemExit(f"tasks.py: error: {e}") from None
+            if old != spec:
+                diff = [k for k in old.to_json() if old.to_json()[k] != spec.to_json()[k]]
+                raise SystemExit(f"tasks.py: error: {folder} holds a run with other settings "
+                                 f"({', '.join(diff)}); choose another --out")
+        folders.append(folder)
+    os.makedirs(args.out, exist_ok=True)
+    for spec, folder in zip(specs, folders):
+        if not os.path.exists(folder):
+            create_run_folder(args.out, spec, choices)
+    return _run_job(folders, args)
+
+
+def cmd_resume(args):
+    try:
+        folders = find_run_folders(args.root)
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"tasks.py: error: {e}") from None
+    if not folders:
+        raise SystemExit(f"tasks.py: error: no run folders (with run.json) under {args.root}")
+    todo = [f for f in folders if (read_run_folder(f)[2] or {}).get("status") in
+            (None, "paused")]
+    print(f"{len(folders)} run(s) under {args.root}, {len(todo)} unfinished", flush=True)
+    code = _run_job(todo, args) if todo else 0
+    done = [read_run_folder(f)[2] for f in folders]
+    done = [d for d in done if d]
+    if done:
+        print("\nevery finished run under the root:")
+        print(paper_table(done))
+    return code
+
+
+def _add_paper_commands(sub):
+    text = ("the paper's own protocol (Talathi and Vartak, sections 3 and 4): its "
+            "networks, settings and metric, one run folder per run under --out")
+    p = sub.add_parser("paper", help=text, description=text + ". Every setting and every "
+                       "choice where the paper is silent is printed and written to each "
+                       "run's run.json.")
+    p.add_argument("task", choices=PAPER_TASKS,
+                   help="adding, multiply, or pixel (MNIST or Fashion-MNIST, T = 784)")
+    p.add_argument("--schemes", type=_schemes_arg, default=["np", "irnn"],
+                   help="comma-separated networks from nprnn_ref.SCHEMES (paper names: "
+                   + ", ".join(f"{k}={v.paper_name}" for k, v in nr.SCHEMES.items()
+                               if v.paper_name) + "); default np,irnn")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="first seed (default 0)")
+    p.add_argument("--seeds", type=_positive_int, default=1,
+                   help="number of seeds: --seed, --seed+1, ... (default 1, as the paper)")
+    p.add_argument("--seq-len", type=_seq_len, metavar="T",
+                   help="sequence length (default: adding 150, multiply 50; pixel: 784)")
+    p.add_argument("--dataset", choices=tuple(PIXEL_DATASETS), default="fashion-mnist",
+                   help="pixel task: the data set (default fashion-mnist, installed by "
+                   "`apt-get install dataset-fashion-mnist`; mnist needs --data)")
+    p.add_argument("--data", metavar="PATH",
+                   help="pixel task: a folder with the four IDX files (raw or .gz) or an "
+                   ".npz; default: where the data set's package installs it")
+    p.add_argument("--inputs", choices=tuple(nr.INPUT_RECIPES), default="paper",
+                   help="W_hx recipe: paper (every network, the default), scheme (each "
+                   "scheme's own: Le et al.'s N(0, 0.001^2) for irnn and i-rnn), le")
+    p.add_argument("--hidden", type=_positive_int, default=100, help="hidden units (100)")
+    p.add_argument("--optimizer", choices=("sgd", "rmsprop"),
+                   help="override the protocol's optimiser")
+    p.add_argument("--lr", type=_pos_float, help="override the protocol's learning rate")
+    p.add_argument("--clip", type=_clip_arg, help="override the clipping threshold (10)")
+    p.add_argument("--batch", type=_positive_int, help="override the minibatch size")
+    p.add_argument("--epochs", type=_positive_int, help="override the number of epochs")
+    p.add_argument("--train-size", type=_positive_int, metavar="N",
+                   help="override the training set size")
+    p.add_argument("--test-size", type=_positive_int, metavar="N",
+                   help="override the test set size")
+    p.add_argument("--eval-every", type=_positive_int, metavar="K",
+                   help="override the updates between evaluations")
+    p.add_argument("--out", required=True, metavar="ROOT",
+                   help="the job's root folder: one run folder per run under it")
+    p.add_argument("--resume", action="store_true",
+                   help="continue runs whose folders exist under ROOT (their settings "
+                   "must match); finished runs are left as they are")
+    p.set_defaults(func=cmd_paper)
+    r = sub.add_parser("resume", help="continue every unfinished run under a job's root",
+                       description="Continue every unfinished run folder under ROOT from "
+                       "its last checkpoint (never-started ones from the beginning), in "
+                       "the canonical order, then print the table of every finished run.")
+    r.add_argument("root", metavar="ROOT")
+    for q in (p, r):
+        q.add_argument("--jobs", type=_positive_int, default=2,
+                       help="worker processes running the runs in parallel (default 2)")
+        q.add_argument("--threads", type=_positive_int, default=1,
+                       help="BLAS threads per process (default 1)")
+        q.add_argument("--progress-every", type=_pos_float, default=60.0, metavar="S",
+                       help="when the output is not a terminal, print each run's progress "
+                       "every S seconds (default 60)")
+    r.set_defaults(func=cmd_resume)
 
 
 # ---------------------------------------------------------------------------------------
@@ -2398,6 +3195,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "what fresh page faults on every call cost")
     b.set_defaults(func=cmd_bench)
     _add_experiment_commands(sub)
+    _add_paper_commands(sub)
     _add_fixture_commands(sub)
     _add_analysis_commands(sub)
     return p
