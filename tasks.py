@@ -238,6 +238,7 @@ import math  # noqa: E402
 
 ADDING_BASELINE_MSE = 1.0 / 6.0        # predict 1 = E[a + b]: Var(a + b) = 2 / 12
 MULTIPLY_BASELINE_MSE = 7.0 / 144.0    # predict 1/4 = E[ab]: E[a^2 b^2] - 1/16 = 1/9 - 1/16
+PAPER_TOLERANCE = 0.04   # the paper's metric: a test sequence is correct when |error| < 0.04
 CHECKPOINT_FORMAT = "nprnn-ref-checkpoint/1"
 CHECKPOINT_CONFIG_KEYS = ("task", "scheme", "nonlinearity", "seq_len", "hidden", "lr",
                           "momentum", "clip", "batch", "seed")
@@ -503,8 +504,10 @@ class _Task:
 
 
 def evaluate(params, task, nonlinearity, max_elems=4_000_000):
-    """Test metrics: {"mse"} for regression, {"loss", "accuracy"} for classification, over
-    the whole test set in chunks small enough to keep the cache of forward modest."""
+    """Test metrics: {"mse", "within"} for regression (within: the paper's metric, the
+    fraction of test sequences with |error| < PAPER_TOLERANCE = 0.04), {"loss",
+    "accuracy"} for classification, over the whole test set in chunks small enough to keep
+    the cache of forward modest."""
     T, n, _ = task.x_test.shape
     H = params["W_hh"].shape[0]
     chunk = max(1, min(n, max_elems // (T * H)))
@@ -516,12 +519,13 @@ def evaluate(params, task, nonlinearity, max_elems=4_000_000):
         t = task.y_test[i:i + chunk]
         if task.loss == "mse":
             sq += float(np.sum((y - t) ** 2))
+            correct += int(np.sum(np.abs(y - t)[:, 0] < PAPER_TOLERANCE))
         else:
             L, _ = nr.loss_fn(y, t, "xent")
             xent += float(L) * len(t)
             correct += int(np.sum(np.argmax(y, axis=1) == t))
     if task.loss == "mse":
-        return {"mse": sq / (n * task.y_test.shape[1])}
+        return {"mse": sq / (n * task.y_test.shape[1]), "within": correct / n}
     return {"loss": xent / n, "accuracy": correct / n}
 
 
@@ -672,6 +676,7 @@ def train_run(cfg, report=None, report_every=0.5):
               "seq_len": task.T, "hidden": cfg["hidden"], "lr": cfg["lr"],
               "momentum": cfg["momentum"], "clip": cfg["clip"], "batch": cfg["batch"],
               "seed": cfg["seed"], "permuted": bool(cfg.get("permuted")),
+              "inputs": cfg.get("inputs", "scheme"),
               "train_size": cfg.get("train_size")}
     if cfg.get("resume"):
         ck = load_checkpoint(cfg["resume"])
@@ -679,24 +684,32 @@ def train_run(cfg, report=None, report_every=0.5):
             if k in ck_cfg and ck["config"].get(k) != ck_cfg[k]:
                 raise ValueError(f"checkpoint {cfg['resume']} has {k}={ck['config'].get(k)!r}"
                                  f" but this run has {k}={ck_cfg[k]!r}")
+        # Checkpoints written before input recipes existed used each scheme's own.
+        if ck["config"].get("inputs", "scheme") != ck_cfg["inputs"]:
+            raise ValueError(f"checkpoint {cfg['resume']} has inputs="
+                             f"{ck['config'].get('inputs', 'scheme')!r} but this run has "
+                             f"inputs={ck_cfg['inputs']!r}")
         params, velocity, start, rng = ck["params"], ck["velocity"], ck["step"], ck["rng"]
         if start > total:
             raise ValueError(f"checkpoint {cfg['resume']} is at step {start}, beyond "
                              f"the {total} steps asked for")
     else:
         params = nr.init_params(task.n_in, cfg["hidden"], task.n_out, cfg["scheme"],
-                                np.random.default_rng([cfg["seed"], 0]))
+                                np.random.default_rng([cfg["seed"], 0]),
+                                inputs=cfg.get("inputs", "scheme"))
         velocity, start, rng = None, 0, np.random.default_rng([cfg["seed"], 1])
     regression = task.loss == "mse"
     key = "mse" if regression else "accuracy"
-    curve, best, steps_to_target, diverged_at = [], None, None, None
+    curve, best, steps_to_target, diverged_at, best_within = [], None, None, None, None
     train_time, t_wall0, last_report = 0.0, time.perf_counter(), 0.0
     window, last_metric, step = [], None, start
 
     def do_eval(step, train_loss):
-        nonlocal best, steps_to_target, last_metric
+        nonlocal best, steps_to_target, last_metric, best_within
         m = evaluate(params, task, nonlin)
         last_metric = m[key]
+        if regression and (best_within is None or m["within"] > best_within):
+            best_within = m["within"]
         better = best is None or (m[key] < best if regression else m[key] > best)
         best = m[key] if better else best
         if regression and steps_to_target is None and m[key] < cfg["target_mse"]:
@@ -747,6 +760,7 @@ def train_run(cfg, report=None, report_every=0.5):
     final = curve[-1]["test_" + key] if curve else None
     record = {
         "task": cfg["task"], "scheme": cfg["scheme"], "nonlinearity": nonlin,
+        "inputs": cfg.get("inputs", "scheme"),
         "seed": cfg["seed"], "lr": cfg["lr"], "momentum": cfg["momentum"],
         "clip": cfg["clip"], "batch": cfg["batch"], "hidden": cfg["hidden"],
         "seq_len": task.T, "steps": total, "start_step": start,
@@ -759,6 +773,8 @@ def train_run(cfg, report=None, report_every=0.5):
     }
     if regression:
         record.update(final_test_mse=final, best_test_mse=best,
+                      final_test_within=curve[-1]["test_within"] if curve else None,
+                      best_test_within=best_within,
                       target_mse=cfg["target_mse"], steps_to_target=steps_to_target,
                       baseline_mse=task.baseline)
     else:
@@ -906,12 +922,13 @@ def _fmt(v, spec=".4g"):
 
 
 def results_table(records, regression=True):
-    """One row per run: scheme, seed, lr, clip, final and best test metric, steps to
+    """One row per run: scheme, seed, lr, clip, final and best test metric (and for
+    regression the paper's: the share of test sequences with |error| < 0.04), steps to
     target, divergence, wall time and training steps per second."""
     if regression:
         head = (f"{'scheme':<8} {'seed':>4} {'lr':>8} {'mom':>4} {'clip':>6} {'final MSE':>10} "
-                f"{'best MSE':>10} {'steps_to_target':>15} {'diverged':>9} {'wall s':>7} "
-                f"{'steps/s':>8}")
+                f"{'best MSE':>10} {'final <.04':>10} {'best <.04':>9} "
+                f"{'steps_to_target':>15} {'diverged':>9} {'wall s':>7} {'steps/s':>8}")
     else:
         head = (f"{'scheme':<8} {'seed':>4} {'lr':>8} {'mom':>4} {'clip':>6} {'final acc':>10} "
                 f"{'best acc':>10} {'final loss':>10} {'diverged':>9} {'wall s':>7} "
@@ -922,8 +939,10 @@ def results_table(records, regression=True):
         row = (f"{r['scheme']:<8} {r['seed']:>4} {r['lr']:>8g} {r['momentum']:>4g} {clip:>6} ")
         if regression:
             stt = "never" if r["steps_to_target"] is None else str(r["steps_to_target"])
+            pct = (lambda v: "-" if v is None else f"{100 * v:.1f}%")
             row += (f"{_fmt(r['final_test_mse']):>10} {_fmt(r['best_test_mse']):>10} "
-                    f"{stt:>15} ")
+                    f"{pct(r.get('final_test_within')):>10} "
+                    f"{pct(r.get('best_test_within')):>9} {stt:>15} ")
         else:
             row += (f"{_fmt(r['final_test_accuracy']):>10} {_fmt(r['best_test_accuracy']):>10} "
                     f"{_fmt(r['final_test_loss']):>10} ")
@@ -973,33 +992,40 @@ def _pyplot():
 
 
 def plot_curves(path, records, curves, title):
-    """Test metric against step, one colour per scheme (one line per seed)."""
+    """Test metric against step, one colour per scheme (one line per seed). Regression
+    gets two panels: test MSE, and the paper's metric (% of test sequences with
+    |error| < 0.04)."""
     plt = _pyplot()
     regression = "final_test_mse" in records[0]
-    key = "test_mse" if regression else "test_accuracy"
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    colours = {}
-    for r, c in zip(records, curves):
-        steps = [p["step"] for p in c]
-        vals = [p[key] for p in c]
-        first = r["scheme"] not in colours
-        line, = ax.plot(steps, vals, lw=1.2, color=colours.get(r["scheme"]),
-                        label=r["scheme"] if first else None)
-        colours.setdefault(r["scheme"], line.get_color())
-        if r["diverged_at"]:
-            ax.plot(steps[-1:], vals[-1:], "x", color=line.get_color(), ms=8)
-    if regression:
-        ax.set_yscale("log")
-        ax.axhline(records[0]["baseline_mse"], color="grey", ls="--", lw=0.8,
-                   label=f"predict the mean ({records[0]['baseline_mse']:.3g})")
-        ax.axhline(records[0]["target_mse"], color="grey", ls=":", lw=0.8,
-                   label=f"target ({records[0]['target_mse']:g})")
-        ax.set_ylabel("test MSE")
-    else:
-        ax.set_ylabel("test accuracy")
-    ax.set_xlabel("training step")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8)
+    keys = ("test_mse", "test_within") if regression else ("test_accuracy",)
+    fig, axes = plt.subplots(1, len(keys), figsize=(6.2 * len(keys), 4.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        colours = {}
+        scale = 100.0 if key == "test_within" else 1.0
+        for r, c in zip(records, curves):
+            steps = [p["step"] for p in c]
+            vals = [scale * p[key] for p in c]
+            first = r["scheme"] not in colours
+            line, = ax.plot(steps, vals, lw=1.2, color=colours.get(r["scheme"]),
+                            label=r["scheme"] if first else None)
+            colours.setdefault(r["scheme"], line.get_color())
+            if r["diverged_at"]:
+                ax.plot(steps[-1:], vals[-1:], "x", color=line.get_color(), ms=8)
+        if key == "test_mse":
+            ax.set_yscale("log")
+            ax.axhline(records[0]["baseline_mse"], color="grey", ls="--", lw=0.8,
+                       label=f"predict the mean ({records[0]['baseline_mse']:.3g})")
+            ax.axhline(records[0]["target_mse"], color="grey", ls=":", lw=0.8,
+                       label=f"target ({records[0]['target_mse']:g})")
+            ax.set_ylabel("test MSE")
+        elif key == "test_within":
+            ax.set_ylim(0, 100)
+            ax.set_ylabel("% of test sequences with |error| < 0.04")
+        else:
+            ax.set_ylabel("test accuracy")
+        ax.set_xlabel("training step")
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -1136,7 +1162,7 @@ def _check_new_paths(paths, force):
 def _run_configs(args, task):
     d = TASK_DEFAULTS[task]
     base = {"task": task, "hidden": args.hidden, "batch": args.batch,
-            "target_mse": args.target_mse,
+            "target_mse": args.target_mse, "inputs": args.inputs,
             "eval_every": args.eval_every if args.eval_every else d["eval_every"],
             "test_size": args.test_size if args.test_size else d["test_size"]}
     for k in ("lr", "momentum"):
@@ -1195,6 +1221,7 @@ def cmd_experiment(args):
         if c.get("task") != task:
             raise SystemExit(f"tasks.py: error: --resume {args.resume} is a checkpoint of "
                              f"task {c.get('task')!r}, not {task!r}")
+        base["inputs"] = c.get("inputs", "scheme")      # older checkpoints: the scheme's own
         for k in ("lr", "momentum", "clip", "batch", "hidden", "seq_len"):
             if k in c and not (k == "seq_len" and task in ("mnist", "digits")):
                 base[k] = c[k]
@@ -1241,7 +1268,7 @@ def cmd_experiment(args):
     c0 = cfgs[0]
     what = (f"{task}: T={c0['seq_len']}" if task in ("adding", "multiply") else
             f"{task}{' permuted' if c0.get('permuted') else ''}: epochs={c0['epochs']}")
-    print(f"{what}, hidden={c0['hidden']}, batch={c0['batch']}, "
+    print(f"{what}, hidden={c0['hidden']}, inputs={c0['inputs']}, batch={c0['batch']}, "
           f"{'steps=' + str(c0['steps']) + ', ' if c0.get('steps') else ''}"
           f"lr={c0['lr'] if args.command != 'sweep' else 'grid'}, momentum={c0['momentum']}, "
           f"clip={c0['clip'] if args.command != 'sweep' else 'grid'}; "
@@ -1333,6 +1360,13 @@ def _add_experiment_commands(sub):
                        f"({', '.join(nr.SCHEMES)}); default np,irnn,i-rnn,tanh")
         p.add_argument("--batch", type=_positive_int, default=16,
                        help="minibatch size (default 16)")
+        p.add_argument("--inputs", choices=tuple(nr.INPUT_RECIPES), default="paper",
+                       help="W_hx recipe (nprnn_ref.INPUT_RECIPES): paper, the paper's "
+                       "N(0, alpha(H)^2 / H) for every network (default); scheme, each "
+                       "scheme's own (Le et al.'s N(0, 0.001^2) for irnn and i-rnn); le, "
+                       "N(0, 0.001^2) for every network"
+                       + ("; ignored with --resume, which takes the checkpoint's"
+                          if name != "sweep" else ""))
         if name != "sweep":
             p.add_argument("--lr", type=_pos_float, help=f"learning rate (default {d['lr']:g})")
             p.add_argument("--clip", type=_clip_arg, default=_CLIP_DEFAULT,
@@ -1389,7 +1423,6 @@ import dataclasses  # noqa: E402
 import subprocess  # noqa: E402
 
 PAPER_TASKS = ("adding", "multiply", "pixel")
-PAPER_TOLERANCE = 0.04          # a test sequence is correct when |prediction - target| < 0.04
 PAPER_THRESHOLDS = (0.5, 0.9)   # the update at which the metric first exceeds each is kept
 RUN_FORMAT = "nprnn-ref-run/1"
 RUN_CHECKPOINT_FORMAT = "nprnn-ref-run-checkpoint/1"
@@ -2220,6 +2253,9 @@ FIXTURE_CASES = (
     FixtureSpec(12, "i-rnn", "mse", "last", T=3, B=1, D=2, H=3, O=4, dtype="float32"),
     FixtureSpec(13, "tanh", "xent", "all", T=8, B=3, D=4, H=5, O=3, dtype="float32"),
     FixtureSpec(14, "np-tanh", "mse", "all", T=1, B=1, D=3, H=6, O=2, dtype="float32"),
+    FixtureSpec(15, "nrnn", "xent", "all", T=15, B=2, D=3, H=6, O=4),
+    FixtureSpec(16, "grnn", "mse", "last", T=25, B=3, D=2, H=5, O=3),
+    FixtureSpec(17, "ornn", "mse", "all", T=5, B=2, D=3, H=4, O=2, dtype="float32"),
 )
 
 FIXTURE_TOLERANCES = {

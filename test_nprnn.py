@@ -331,37 +331,161 @@ def _chi2_ok(w, std, x=np.log(2e10)):
     return n - 2 * np.sqrt(n * x) <= X <= n + 2 * np.sqrt(n * x) + 2 * x
 
 
+@given(seed=st.integers(0, 2**63 - 1), n=st.integers(1, 60))
+def test_normalized_gaussian_init_has_spectral_radius_one_and_is_not_symmetric(seed, n):
+    W = nr.normalized_gaussian_init(n, np.random.default_rng(seed))
+    assert W.dtype == np.float64 and W.shape == (n, n)
+    G = np.random.default_rng(seed).standard_normal((n, n))   # the only draw
+    np.testing.assert_array_equal(W, G / np.max(np.abs(np.linalg.eigvals(G))))
+    lam, V = np.linalg.eig(W)
+    i = int(np.argmax(np.abs(lam)))
+    # Tolerance from rounding. LAPACK's eigensolver is backward stable: its eigenvalues are
+    # exact for W + E with ||E||_F <= p(n) u ||W||_F (p(n) = 8 n is generous for dgeev at
+    # n <= 60), which moves the simple eigenvalue lambda by at most kappa ||E|| to first
+    # order, kappa = ||y|| ||x|| / |y^H x| its condition number (x, y right and left
+    # eigenvectors; y^H = row i of V^-1, so y^H x = 1). rho(G) is computed once in the
+    # initialiser and rho(W) once here, and the division G / rho(G) perturbs W by at most
+    # u ||W||_F: in all |rho(W) - 1| <= kappa (2 p(n) + 1) u ||W||_F, u = eps / 2.
+    kappa = np.linalg.norm(np.linalg.inv(V)[i]) * np.linalg.norm(V[:, i])
+    tol = kappa * (2 * 8 * n + 1) * (EPS64 / 2) * np.linalg.norm(W)
+    assert abs(nr.spectral_radius(W) - 1) <= tol, (n, nr.spectral_radius(W) - 1, tol)
+    if n >= 2:                                          # a Gaussian G is a.s. not symmetric
+        assert not np.array_equal(W, W.T)
+
+
+@given(seed=st.integers(0, 2**63 - 1), n=st.integers(1, 60))
+def test_ornn_recurrent_matrix_is_orthogonal_and_is_the_tanh_schemes(seed, n):
+    W = nr.init_params(2, n, 1, "ornn", np.random.default_rng(seed))["W_hh"]
+    # Householder QR gives a Q orthogonal to working precision, ||Q^T Q - I|| = O(n u)
+    # (Higham, Accuracy and Stability of Numerical Algorithms, 2nd ed., Thm 19.4); the
+    # largest entry of W W^T - I measured at n <= 60 is below 2 n eps, 8 n eps leaves room.
+    np.testing.assert_allclose(W @ W.T, np.eye(n), rtol=0, atol=8 * n * EPS64)
+    np.testing.assert_allclose(W.T @ W, np.eye(n), rtol=0, atol=8 * n * EPS64)
+    # oRNN and the tanh RNN draw W_hx of the same shape first, then the same matrix.
+    tanh = nr.init_params(2, n, 1, "tanh", np.random.default_rng(seed))["W_hh"]
+    np.testing.assert_array_equal(W, tanh)
+
+
+@given(seed=st.integers(0, 2**63 - 1), n=st.integers(1, 60))
+def test_gaussian_init_entries_are_n_0_1_over_n(seed, n):
+    W = nr.gaussian_init(n, np.random.default_rng(seed))
+    assert W.dtype == np.float64 and W.shape == (n, n)
+    assert _chi2_ok(W, 1 / np.sqrt(n))
+    np.testing.assert_array_equal(
+        W, np.random.default_rng(seed).standard_normal((n, n)) / np.sqrt(n))
+
+
+def test_gaussian_init_distribution_check_has_teeth():
+    # At n = 200 (40000 entries) the chi-square window of _chi2_ok is about +-5% of n:
+    # a standard deviation 5% off either way, or the N(0, 1) scale, is rejected.
+    n = 200
+    W = nr.gaussian_init(n, np.random.default_rng(3))
+    assert _chi2_ok(W, 1 / np.sqrt(n))
+    assert not _chi2_ok(W, 1.05 / np.sqrt(n))
+    assert not _chi2_ok(W, 0.95 / np.sqrt(n))
+    assert not _chi2_ok(W, 1.0)
+
+
+def test_spectral_radius_of_hand_worked_matrices():
+    # 2 R(theta) has eigenvalues 2 e^{+-i theta}: radius 2, reached by a complex pair. Its
+    # eigenvalues come from LAPACK's closed form for a 2 x 2 block (a handful of roundings)
+    # and the modulus adds one: 4 eps relative covers them.
+    for theta in (0.3, np.pi / 2, 2.0):
+        c, s = np.cos(theta), np.sin(theta)
+        assert nr.spectral_radius(2 * np.array([[c, -s], [s, c]])) == pytest.approx(
+            2.0, rel=4 * EPS64, abs=0)
+    # Triangular matrices: LAPACK isolates every eigenvalue on the diagonal without
+    # arithmetic, so these are exact. A nilpotent matrix has radius 0 (its 2-norm is 3.65);
+    # a diagonal one the largest |d_i|, here of a negative entry; a non-normal one can
+    # have a radius (1) far below its norm (about 100).
+    assert nr.spectral_radius(np.array([[0.0, 1.0, 2.0], [0, 0, 3], [0, 0, 0]])) == 0.0
+    assert nr.spectral_radius(np.diag([-3.0, 1.0, 2.0])) == 3.0
+    assert nr.spectral_radius(np.array([[1.0, 100.0], [0.0, 0.5]])) == 1.0
+    assert nr.spectral_radius(np.diag([0.25]).astype(np.float32)) == 0.25
+    assert isinstance(nr.spectral_radius(np.eye(2)), float)
+    with pytest.raises(ValueError, match=r"W must be a square matrix of shape \(N, N\)"):
+        nr.spectral_radius(np.zeros((2, 3)))
+    with pytest.raises(TypeError, match=r"W must have dtype float32 or float64, got int64"):
+        nr.spectral_radius(np.eye(2, dtype=np.int64))
+    with pytest.raises(ValueError, match=r"W must be finite, got nan"):
+        nr.spectral_radius(np.full((2, 2), np.nan))
+
+
+def _own_w_hx_std(scheme, H):
+    # The standard deviation of W_hx under each scheme's own recipe, written out from the
+    # paper and Le et al. (not read from SCHEMES): Talathi and Vartak's alpha(H) / sqrt(H)
+    # for their networks, Le et al.'s 0.001 for IRNN and iRNN, 1 / sqrt(H) for the tanh RNN.
+    paper = nr.alpha(H) / np.sqrt(H)
+    return {"np": paper, "np-tanh": paper, "nrnn": paper, "ornn": paper, "grnn": paper,
+            "irnn": 1e-3, "i-rnn": 1e-3, "tanh": 1 / np.sqrt(H)}[scheme]
+
+
+def _recipe_w_hx_std(inputs, scheme, H):
+    # "paper": Talathi and Vartak's N(0, alpha(H)^2 / H) for every network; "le": Le et
+    # al.'s N(0, 0.001^2) for every network; "scheme": each network's own.
+    return {"scheme": _own_w_hx_std(scheme, H), "paper": nr.alpha(H) / np.sqrt(H),
+            "le": 1e-3}[inputs]
+
+
+def _replay_w_hh(scheme, H, r):
+    # Each scheme's recurrent matrix from the generator r, in the order init_params draws.
+    if scheme in ("np", "np-tanh"):
+        return nr.np_init(H, r)
+    if scheme in ("tanh", "ornn"):
+        return nr.orthogonal_init(H, r)
+    if scheme == "nrnn":                                # G / rho(G), G ~ N(0, 1)^{H x H}
+        G = r.standard_normal((H, H))
+        return G / np.max(np.abs(np.linalg.eigvals(G)))
+    if scheme == "grnn":                                # i.i.d. N(0, 1 / H)
+        return r.standard_normal((H, H)) / np.sqrt(H)
+    return np.eye(H) * {"irnn": 1.0, "i-rnn": 0.01}[scheme]
+
+
 @pytest.mark.parametrize("scheme", sorted(nr.SCHEMES))
 def test_init_params_standard_deviations(scheme):
     H = 200
     p = nr.init_params(H, H, H, scheme, np.random.default_rng(99))
-    assert _chi2_ok(p["W_hx"], nr.SCHEMES[scheme].w_hx_std(H))
+    assert _chi2_ok(p["W_hx"], _own_w_hx_std(scheme, H))
     assert _chi2_ok(p["W_yh"], np.sqrt(2.0 / (H + H)))
     assert not _chi2_ok(p["W_yh"], 1.05 * np.sqrt(2.0 / (H + H)))   # the check has teeth
     assert np.all(p["b_h"] == 0) and np.all(p["b_y"] == 0)
-    expected_std = {"np": nr.alpha(H) / np.sqrt(H), "np-tanh": nr.alpha(H) / np.sqrt(H),
-                    "irnn": 1e-3, "i-rnn": 1e-3, "tanh": 1 / np.sqrt(H)}[scheme]
-    assert nr.SCHEMES[scheme].w_hx_std(H) == pytest.approx(expected_std, rel=1e-15)
+    # Equal, not merely close: the same correctly rounded operations on the same numbers.
+    assert nr.SCHEMES[scheme].w_hx_std(H) == _own_w_hx_std(scheme, H)
 
 
+@pytest.mark.parametrize("inputs", ["scheme", "paper", "le"])
 @pytest.mark.parametrize("scheme", sorted(nr.SCHEMES))
-def test_init_params_draw_order_and_recipes(scheme):
+def test_init_params_draw_order_and_recipes(scheme, inputs):
     D, H, O, seed = 3, 6, 2, 12
-    p = nr.init_params(D, H, O, scheme, np.random.default_rng(seed))
+    p = nr.init_params(D, H, O, scheme, np.random.default_rng(seed), inputs=inputs)
     r = np.random.default_rng(seed)                     # replay: W_hx, then W_hh, then W_yh
-    W_hx = r.standard_normal((H, D)) * nr.SCHEMES[scheme].w_hx_std(H)
-    if scheme in ("np", "np-tanh"):
-        W_hh = nr.np_init(H, r)
-    elif scheme == "tanh":
-        W_hh = nr.orthogonal_init(H, r)
-    else:
-        W_hh = np.eye(H) * (0.01 if scheme == "i-rnn" else 1.0)
+    W_hx = r.standard_normal((H, D)) * _recipe_w_hx_std(inputs, scheme, H)
+    W_hh = _replay_w_hh(scheme, H, r)
     W_yh = r.standard_normal((O, H)) * np.sqrt(2 / (H + O))
     np.testing.assert_array_equal(p["W_hx"], W_hx)
     np.testing.assert_array_equal(p["W_hh"], W_hh)
     np.testing.assert_array_equal(p["W_yh"], W_yh)
-    assert nr.SCHEMES[scheme].nonlinearity == {"np": "relu", "np-tanh": "tanh", "irnn": "relu",
-                                               "i-rnn": "relu", "tanh": "tanh"}[scheme]
+    # The recipe scales W_hx only: the draws, so W_hh and W_yh, are the default recipe's.
+    default = nr.init_params(D, H, O, scheme, np.random.default_rng(seed))
+    np.testing.assert_array_equal(p["W_hh"], default["W_hh"])
+    np.testing.assert_array_equal(p["W_yh"], default["W_yh"])
+    assert nr.SCHEMES[scheme].nonlinearity == {
+        "np": "relu", "np-tanh": "tanh", "irnn": "relu", "i-rnn": "relu", "tanh": "tanh",
+        "nrnn": "relu", "ornn": "relu", "grnn": "relu"}[scheme]
+
+
+def test_init_params_inputs_recipes_are_scheme_paper_and_le():
+    assert tuple(nr.INPUT_RECIPES) == ("scheme", "paper", "le")
+    with pytest.raises(ValueError, match=r"inputs must be one of 'scheme', 'paper', 'le', "
+                                         r"got 'glorot'"):
+        nr.init_params(2, 3, 1, "np", np.random.default_rng(0), inputs="glorot")
+
+
+def test_every_scheme_carries_its_name_in_the_paper():
+    # Table 1 of Talathi and Vartak; the project's own tanh RNN is not in the paper.
+    assert {k: s.paper_name for k, s in nr.SCHEMES.items()} == {
+        "np": "np-RNN", "np-tanh": "np-tanhRNN", "irnn": "IRNN", "i-rnn": "iRNN",
+        "nrnn": "nRNN", "ornn": "oRNN", "grnn": "gRNN", "tanh": ""}
 
 
 def test_init_params_scheme_options_and_dtype():
@@ -478,6 +602,224 @@ def test_sgd_step_agrees_with_torch_optim_sgd():
         np.testing.assert_allclose(p[k], tp[k].detach().numpy(), rtol=1e-14, atol=1e-15)
 
 
+def _filled(value, shapes=(("W_hx", (3, 2)), ("W_hh", (3, 3)), ("b_h", (3,)),
+                                  ("W_yh", (1, 3)), ("b_y", (1,)))):
+    return {k: np.full(s, float(value)) for k, s in shapes}
+
+
+def test_rmsprop_step_worked_by_hand():
+    # alpha = 0.99, eps = 1e-8, lr = 0.1 (PyTorch's form: eps outside the square root).
+    # p = 3, g = 2:    s1 = 0.99 * 0 + 0.01 * 2^2 = 0.04, sqrt(s1) = 0.2,
+    #                  step1 = 0.1 * 2 / (0.2 + 1e-8) = 1 / (1 + 5e-8), p1 = 3 - step1
+    # then g = 0.2:    s2 = 0.99 * 0.04 + 0.01 * 0.2^2 = 0.0396 + 0.0004 = 0.04 again,
+    #                  step2 = 0.1 * 0.2 / (0.2 + 1e-8) = 0.1 / (1 + 5e-8)
+    # so p2 = 3 - 1.1 / (1 + 5e-8) = 3 - 1.1 (1 - 5e-8 + 2.5e-15 - ...)
+    #       = 1.900000055 - 2.75e-15 (the next term, 1.4e-22, is below rounding).
+    # b_y gets the negated gradients: p1 = 3 + step1, p2 = 4.099999945 + 2.75e-15.
+    # eps inside the square root (sqrt(0.04 + 1e-8) = 0.200000025) would move p1 by 7.5e-8.
+    step1 = 1 / (1 + 5e-8)
+    p = _filled(3.0)
+    g1, g2 = _filled(2.0), _filled(0.2)
+    g1["b_y"], g2["b_y"] = -g1["b_y"], -g2["b_y"]
+    p1, s1 = nr.rmsprop_step(p, g1, None, 0.1, alpha=0.99, eps=1e-8)
+    p2, s2 = nr.rmsprop_step(p1, g2, s1, 0.1, alpha=0.99, eps=1e-8)
+    # Tolerances: the stored 0.99 is off by up to 0.99 u (u = eps / 2), which 1 - alpha
+    # keeps exactly, a relative error of 99 u in 0.01; s inherits it plus a few roundings:
+    # 128 eps relative. sqrt halves that, so each step is relative 64 eps off, and p adds
+    # one rounding of |p| <= 4 per step: 64 eps * 1.1 + 2 * 4 eps < 128 eps absolute.
+    # square_avg=None is the zero average: the same first step to the last bit.
+    zero_start, _ = nr.rmsprop_step(p, g1, _filled(0.0), 0.1, alpha=0.99, eps=1e-8)
+    for k in nr.PARAM_NAMES:
+        descent = k != "b_y"
+        np.testing.assert_allclose(s1[k], 0.04, rtol=128 * EPS64, atol=0, err_msg=k)
+        np.testing.assert_allclose(s2[k], 0.04, rtol=128 * EPS64, atol=0, err_msg=k)
+        np.testing.assert_allclose(p1[k], 3.0 - step1 if descent else 3.0 + step1,
+                                   rtol=0, atol=128 * EPS64, err_msg=k)
+        np.testing.assert_allclose(p2[k], 1.900000055 - 2.75e-15 if descent
+                                   else 4.099999945 + 2.75e-15,
+                                   rtol=0, atol=128 * EPS64, err_msg=k)
+        np.testing.assert_array_equal(zero_start[k], p1[k], err_msg=k)
+
+
+def test_rmsprop_step_is_pure():
+    rng = np.random.default_rng(6)
+    p = nr.init_params(2, 3, 2, "np", rng)
+    g = {k: rng.normal(size=v.shape) for k, v in p.items()}
+    g["x"] = rng.normal(size=(4, 1, 2))                 # non-parameter keys are ignored
+    s = {k: rng.random(v.shape) for k, v in p.items()}
+    inputs = [p, g, s]
+    before = [_snapshot(d) for d in inputs]
+    for state in (None, s):
+        new_p, new_s = nr.rmsprop_step(p, g, state, 0.01)
+        assert set(new_p) == set(new_s) == set(nr.PARAM_NAMES)
+        for d, b in zip(inputs, before):
+            for k in d:
+                np.testing.assert_array_equal(d[k], b[k], err_msg=k)
+        for out in list(new_p.values()) + list(new_s.values()):
+            for d in inputs:
+                assert not any(np.shares_memory(out, a) for a in d.values())
+
+
+def test_rmsprop_step_float32_stays_float32():
+    rng = np.random.default_rng(9)
+    lr, n_steps = 0.01, 3
+    p32 = nr.init_params(2, 3, 2, "np", rng, dtype=np.float32)
+    p64 = {k: v.astype(np.float64) for k, v in p32.items()}
+    s32 = s64 = None
+    for _ in range(n_steps):
+        g32 = {k: rng.normal(size=v.shape).astype(np.float32) for k, v in p32.items()}
+        p32, s32 = nr.rmsprop_step(p32, g32, s32, lr)
+        p64, s64 = nr.rmsprop_step(p64, {k: v.astype(np.float64) for k, v in g32.items()},
+                                   s64, lr)
+    eps32 = np.finfo(np.float32).eps
+    for k in nr.PARAM_NAMES:
+        assert p32[k].dtype == np.float32 and s32[k].dtype == np.float32, k
+        # Each float32 step lr g / (sqrt(s) + eps) is a few roundings (~2 eps32 relative)
+        # from the float64 one and |step| <= lr / sqrt(1 - alpha) = 10 lr, since
+        # s >= (1 - alpha) g^2; each update rounds p once more. 4 eps32 per unit of
+        # |p| + the steps' total covers both with room.
+        tol = 4 * eps32 * (np.abs(p64[k]) + n_steps * 10 * lr)
+        assert np.all(np.abs(p32[k] - p64[k]) <= tol), k
+        np.testing.assert_allclose(s32[k], s64[k], rtol=8 * eps32, atol=0, err_msg=k)
+
+
+def _rms_ok():
+    p = nr.init_params(2, 3, 4, "np", np.random.default_rng(0))    # H = 3, D = 2, O = 4
+    return p, {k: np.ones_like(v) for k, v in p.items()}
+
+
+RMSPROP_BAD_CALLS = [
+    ("lr negative", lambda p, g: nr.rmsprop_step(p, g, None, -0.1), ValueError,
+     r"lr must be a finite number >= 0, got -0.1"),
+    ("lr nan", lambda p, g: nr.rmsprop_step(p, g, None, float("nan")), ValueError,
+     r"lr must be a finite number >= 0, got nan"),
+    ("lr bool", lambda p, g: nr.rmsprop_step(p, g, None, True), ValueError,
+     r"lr must be a finite number >= 0, got True"),
+    ("alpha one", lambda p, g: nr.rmsprop_step(p, g, None, 0.1, alpha=1.0), ValueError,
+     r"alpha must be a number in \[0, 1\), got 1.0"),
+    ("alpha negative", lambda p, g: nr.rmsprop_step(p, g, None, 0.1, alpha=-0.5),
+     ValueError, r"alpha must be a number in \[0, 1\), got -0.5"),
+    ("alpha nan", lambda p, g: nr.rmsprop_step(p, g, None, 0.1, alpha=float("nan")),
+     ValueError, r"alpha must be a number in \[0, 1\), got nan"),
+    ("eps zero", lambda p, g: nr.rmsprop_step(p, g, None, 0.1, eps=0.0), ValueError,
+     r"eps must be a finite number > 0, got 0.0"),
+    ("eps negative", lambda p, g: nr.rmsprop_step(p, g, None, 0.1, eps=-1e-8), ValueError,
+     r"eps must be a finite number > 0, got -1e-08"),
+    ("square_avg shape", lambda p, g: nr.rmsprop_step(p, g, dict(g, W_hh=np.ones((2, 2))),
+                                                      0.1), ValueError,
+     r"square_avg\['W_hh'\] must have shape \(3, 3\), got \(2, 2\)"),
+    ("square_avg missing", lambda p, g: nr.rmsprop_step(p, g, _without(g, "b_y"), 0.1),
+     ValueError, r"square_avg\['b_y'\] must have shape \(4,\), got missing"),
+    ("grads missing", lambda p, g: nr.rmsprop_step(p, _without(g, "W_yh"), None, 0.1),
+     ValueError, r"grads is missing W_yh"),
+    ("grads shape", lambda p, g: nr.rmsprop_step(p, dict(g, b_h=np.ones(4)), None, 0.1),
+     ValueError, r"grads\['b_h'\] must have shape \(3,\), got \(4,\)"),
+    ("grads list", lambda p, g: nr.rmsprop_step(p, dict(g, b_h=[1.0, 1.0, 1.0]), None, 0.1),
+     TypeError, r"grads\['b_h'\] must be a numpy.ndarray, got list"),
+    ("grads dtype", lambda p, g: nr.rmsprop_step(p, dict(g, W_hx=g["W_hx"].astype(np.float32)),
+                                                 None, 0.1), TypeError,
+     r"grads\['W_hx'\] must have dtype float64 \(the parameters' dtype\), got float32"),
+    ("params missing", lambda p, g: nr.rmsprop_step(_without(p, "b_y"), g, None, 0.1),
+     ValueError, r"params is missing b_y"),
+]
+
+
+@pytest.mark.parametrize("name,call,exc,pattern", RMSPROP_BAD_CALLS,
+                         ids=[b[0] for b in RMSPROP_BAD_CALLS])
+def test_rmsprop_step_rejects_bad_arguments_naming_them(name, call, exc, pattern):
+    p, g = _rms_ok()
+    with pytest.raises(exc, match=pattern):
+        call(p, g)
+
+
+def test_rmsprop_step_agrees_with_torch_optim_rmsprop():
+    # torch.optim.RMSprop with its defaults (alpha = 0.99, eps = 1e-8, not centred, no
+    # momentum), five steps on random parameters and gradients in float64.
+    torch = pytest.importorskip("torch", reason="torch not installed (optional oracle)")
+    rng = np.random.default_rng(10)
+    lr, n_steps = 0.01, 5
+    p = nr.init_params(2, 3, 2, "np", rng)
+    tp = {k: torch.tensor(v, requires_grad=True) for k, v in p.items()}
+    opt = torch.optim.RMSprop(list(tp.values()), lr=lr)
+    assert (opt.defaults["alpha"], opt.defaults["eps"]) == (0.99, 1e-8)
+    s = None
+    for _ in range(n_steps):
+        g = {k: rng.normal(size=v.shape) for k, v in p.items()}
+        p, s = nr.rmsprop_step(p, g, s, lr)
+        for k in tp:
+            tp[k].grad = torch.from_numpy(g[k])
+        opt.step()
+    for k in p:
+        # The two may round each step differently, by a few eps relative to the step,
+        # |step| <= lr / sqrt(1 - alpha) = 10 lr (as s >= (1 - alpha) g^2), and once
+        # relative to |p| per update: 4 eps * 5 steps * 10 lr = 4.4e-16 plus 1e-14 relative.
+        np.testing.assert_allclose(p[k], tp[k].detach().numpy(), rtol=1e-14,
+                                   atol=4 * EPS64 * n_steps * 10 * lr, err_msg=k)
+        np.testing.assert_allclose(s[k], opt.state[tp[k]]["square_avg"].numpy(),
+                                   rtol=16 * EPS64, atol=0, err_msg=k)
+
+
+def test_cooled_lr_paper_pixel_schedule():
+    # 1e-4 for epochs 0-32, cooled by 10 at epochs 33 and 66. 1e-4 and 0.1 are each stored
+    # within u of their decimal values and each product adds one rounding: 1e-5 is within
+    # 3 u and 1e-6 within 5 u (u = 1.1e-16), inside rel 1e-15.
+    lrs = [nr.cooled_lr(1e-4, e, 0.1, (33, 66)) for e in range(100)]
+    assert all(type(v) is float for v in lrs)
+    assert lrs[:33] == [1e-4] * 33
+    assert lrs[33:66] == [lrs[33]] * 33 and lrs[33] == pytest.approx(1e-5, rel=1e-15)
+    assert lrs[66:] == [lrs[66]] * 34 and lrs[66] == pytest.approx(1e-6, rel=1e-15)
+
+
+def test_cooled_lr_without_milestones_is_the_base_rate():
+    for e in (0, 1, 33, 10**6):
+        assert nr.cooled_lr(0.05, e) == 0.05
+        assert nr.cooled_lr(0.05, e, 0.5) == 0.05
+
+
+@given(lr=st.floats(1e-8, 1.0), factor=st.floats(0.01, 0.99),
+       milestones=st.sets(st.integers(1, 200), max_size=4), epoch=st.integers(0, 250))
+def test_cooled_lr_multiplies_by_factor_once_per_milestone_reached(lr, factor, milestones,
+                                                                   epoch):
+    ms = tuple(sorted(milestones))
+    k = sum(m <= epoch for m in ms)                     # milestones at or before epoch
+    # k products against one power: each side within k roundings, plus the power's own.
+    assert nr.cooled_lr(lr, epoch, factor, ms) == pytest.approx(
+        lr * factor ** k, rel=4 * (k + 1) * EPS64)
+    if epoch > 0:                                       # cooling never raises the rate
+        assert nr.cooled_lr(lr, epoch, factor, ms) <= nr.cooled_lr(lr, epoch - 1, factor, ms)
+
+
+def test_cooled_lr_agrees_with_torch_multisteplr():
+    # MultiStepLR(milestones, gamma) stepped once per epoch: the rate used in epoch e.
+    torch = pytest.importorskip("torch", reason="torch not installed (optional oracle)")
+    w = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([w], lr=1e-4)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[33, 66], gamma=0.1)
+    for e in range(100):
+        # The same products in the same order: equal, not merely close.
+        assert nr.cooled_lr(1e-4, e, 0.1, (33, 66)) == opt.param_groups[0]["lr"], e
+        opt.step()
+        sched.step()
+
+
+@pytest.mark.parametrize("args,exc,pattern", [
+    ((1e-4, 0, 0.1, (66, 33)), ValueError, r"milestones must be increasing epochs, got \(66, 33\)"),
+    ((1e-4, 0, 0.1, (33, 33)), ValueError, r"milestones must be increasing epochs, got \(33, 33\)"),
+    ((1e-4, 0, 0.1, (0, 33)), ValueError, r"milestones.* must be an int >= 1, got 0"),
+    ((1e-4, 0, 0.1, (33.0,)), TypeError, r"milestones.* must be an int >= 1, got float 33.0"),
+    ((1e-4, -1, 0.1, (33,)), ValueError, r"epoch must be an int >= 0, got -1"),
+    ((1e-4, 1.5, 0.1, ()), TypeError, r"epoch must be an int >= 0, got float 1.5"),
+    ((1e-4, 0, 0.0, (33,)), ValueError, r"factor must be a finite number > 0, got 0.0"),
+    ((1e-4, 0, -0.1, (33,)), ValueError, r"factor must be a finite number > 0, got -0.1"),
+    ((1e-4, 0, float("inf"), (33,)), ValueError, r"factor must be a finite number > 0, got inf"),
+    ((-1e-4, 0, 0.1, (33,)), ValueError, r"lr must be a finite number >= 0, got -0.0001"),
+], ids=["decreasing", "repeated", "milestone zero", "milestone float", "epoch negative",
+        "epoch float", "factor zero", "factor negative", "factor inf", "lr negative"])
+def test_cooled_lr_rejects_bad_arguments_naming_them(args, exc, pattern):
+    with pytest.raises(exc, match=pattern):
+        nr.cooled_lr(*args)
+
+
 # --- errors speak the user's language ---------------------------------------------------
 
 def _ok():
@@ -529,7 +871,8 @@ BAD_CALLS = [
     ("int params", lambda p, x, t: nr.forward({k: v.astype(int) for k, v in p.items()}, x),
      TypeError, r"params\['W_hh'\] must have dtype float32 or float64, got int64"),
     ("scheme", lambda p, x, t: nr.init_params(2, 3, 1, "lstm", np.random.default_rng(0)),
-     ValueError, r"scheme must be one of 'np', 'np-tanh', 'irnn', 'i-rnn', 'tanh', got 'lstm'"),
+     ValueError, r"scheme must be one of 'np', 'np-tanh', 'irnn', 'i-rnn', 'tanh', 'nrnn', "
+                 r"'ornn', 'grnn', got 'lstm'"),
     ("nonlinearity", lambda p, x, t: nr.forward(p, x, nonlinearity="sigmoid"), ValueError,
      r"nonlinearity must be one of 'relu', 'tanh', got 'sigmoid'"),
     ("loss", lambda p, x, t: nr.loss_and_grads(p, x, t, loss="l1"), ValueError,
@@ -959,11 +1302,12 @@ def _run_bug(golden, bug):
 def test_checker_catches_a_transposed_W_hh(golden):
     """A backend that applies W_hh^T where W_hh belongs computes a different function only
     when W_hh is not symmetric. np_init and the (scaled) identity are symmetric, so only
-    the tanh scheme's orthogonal W_hh can show the mistake, and there it shows in h."""
+    the orthogonal (tanh, ornn) and Gaussian (nrnn, grnn) W_hh can show the mistake, and
+    there it shows in h."""
     n_caught = 0
     for e, c, r in _run_bug(golden, "transposed_W_hh"):
         symmetric = np.array_equal(c["W_hh"], c["W_hh"].T)
-        assert symmetric == (e["scheme"] != "tanh"), e["name"]
+        assert symmetric == (e["scheme"] in ("np", "np-tanh", "irnn", "i-rnn")), e["name"]
         assert r.ok == symmetric, e["name"]
         if not symmetric:
             n_caught += 1
