@@ -9,16 +9,30 @@ The model (a simple RNN, "sRNN")::
     h_t = f(W_hx x_t + W_hh h_{t-1} + b_h)      f = relu or tanh
     y_t = W_yh h_t + b_y                         (logits for softmax cross-entropy)
 
+Where to start reading
+----------------------
+1. ``init_params`` and ``np_init``: the paper's initialisation (its Eq. 9).
+2. ``forward_per_step``, ``backward_per_step`` and ``loss_and_grads_per_step``: the
+   recurrence and back-propagation through time one step at a time, written from the
+   equations in their docstrings (min-char-rnn's layout, carrying dh_next).
+3. ``forward``, ``backward`` and ``loss_and_grads``: the same maths vectorised, with the
+   same inputs and results (the tests prove the two paths equal). Everything outside the
+   time loop is a few large matrix products: all input projections before the loop, all
+   weight gradients after it.
+4. The analysis section: the paper's dynamical-systems argument, made runnable.
+
 Conventions
 -----------
 - Time-major: x has shape (T, B, D), hidden states h have shape (T, B, H), h0 (B, H).
 - Parameters are a dict of arrays named after the paper: W_hx (H, D), W_hh (H, H),
   b_h (H,), W_yh (O, H), b_y (O,). Batched code computes ``x @ W_hx.T``, the layout of
   PyTorch's ``weight_ih_l0`` / ``weight_hh_l0``.
+- The nonlinearity is an argument ("relu" by default), not part of the parameters: a
+  scheme's is ``nonlinearity_of(scheme)`` (= ``SCHEMES[scheme].nonlinearity``).
 - "N(0, s^2)" means standard deviation s.
 - float64 by default; float32 works too. Every float array passed to one call must share
   the parameters' dtype (a mismatch is a TypeError, never a silent cast) and every result
-  has that dtype.
+  has that dtype. float32 flushes subnormal states and BPTT terms to zero (FLOAT32_FLUSH).
 - ReLU'(0) = 0: the ReLU mask is ``pre-activation > 0``, as in PyTorch and TensorFlow.
 - Losses equal PyTorch's defaults: "mse" is the mean over all elements of
   (y - target)^2 (``torch.nn.MSELoss()``); "xent" is the mean over all (step, sequence)
@@ -29,25 +43,41 @@ Conventions
 - Functions are pure: nothing passed in is modified, randomness comes only from the numpy
   Generator ``rng`` passed in.
 
-Sections, in reading order: validation helpers, initialisers, forward, backward (BPTT),
-losses, optimiser, analysis (the paper's dynamical-systems argument), backend bridge
-(PyTorch weight names, golden fixtures, the checker).
+Sections, in reading order: initialisers, forward, backward (BPTT), losses, optimiser,
+analysis (the paper's dynamical-systems argument), validation (the argument checks every
+public function runs first), backend bridge (PyTorch weight names, golden fixtures, the
+checker).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import zipfile
+import zlib
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
 __all__ = [
+    # constants and initialisers
     "PARAM_NAMES", "NONLINEARITIES", "LOSSES", "OUTPUTS", "SCHEMES", "Scheme",
     "INPUT_RECIPES", "alpha", "np_init", "identity_init", "orthogonal_init",
-    "gaussian_init", "normalized_gaussian_init", "spectral_radius", "init_params",
-    "forward", "readout", "backward", "readout_backward",
-    "loss_fn", "loss_and_grads", "clip_grads", "sgd_step", "rmsprop_step", "cooled_lr",
+    "gaussian_init", "normalized_gaussian_init", "spectral_radius", "nonlinearity_of",
+    "init_params",
+    # the model: per step, then vectorised
+    "forward_per_step", "forward", "readout", "backward_per_step", "backward",
+    "readout_backward", "loss_fn", "loss_and_grads_per_step", "loss_and_grads",
+    # optimiser
+    "clip_grads", "sgd_step", "rmsprop_step", "cooled_lr",
+    # analysis
+    "autonomous_trajectories", "TwoNodeCase", "two_node_cases",
+    "gradient_norms_through_time", "input_sensitivity", "Spectrum", "spectrum",
+    # backend bridge
+    "TORCH_KEYS", "FIXTURE_FORMAT_VERSION", "FIXTURE_INPUT_KEYS", "FIXTURE_OUTPUT_KEYS",
+    "FIXTURE_KEYS", "to_torch_state_dict", "from_torch_state_dict", "fixture_outputs",
+    "load_fixture", "TensorCheck", "CompareReport", "compare",
 ]
 
 PARAM_NAMES = ("W_hx", "W_hh", "b_h", "W_yh", "b_y")
@@ -55,128 +85,6 @@ RECURRENT_NAMES = ("W_hx", "W_hh", "b_h")
 NONLINEARITIES = ("relu", "tanh")
 LOSSES = ("mse", "xent")
 OUTPUTS = ("last", "all")
-
-
-# ---------------------------------------------------------------------------------------
-# Validation helpers: every error names the argument, what was expected and what came.
-# ---------------------------------------------------------------------------------------
-
-def _check_choice(argname: str, value, valid) -> str:
-    if not isinstance(value, str) or value not in valid:
-        raise ValueError(f"{argname} must be one of {', '.join(map(repr, valid))}, "
-                         f"got {value!r}")
-    return value
-
-
-def _check_size(argname: str, n, minimum: int = 1) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise TypeError(f"{argname} must be an int >= {minimum}, "
-                        f"got {type(n).__name__} {n!r}")
-    if n < minimum:
-        raise ValueError(f"{argname} must be an int >= {minimum}, got {n}")
-    return int(n)
-
-
-def _check_rng(rng) -> np.random.Generator:
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError("rng must be a numpy.random.Generator (e.g. "
-                        f"np.random.default_rng(0)), got {type(rng).__name__}")
-    return rng
-
-
-def _as_array(argname: str, a) -> np.ndarray:
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{argname} must be a numpy.ndarray, got {type(a).__name__}")
-    return a
-
-
-def _check_finite(argname: str, a: np.ndarray) -> None:
-    if not np.all(np.isfinite(a)):
-        bad = np.argwhere(~np.isfinite(a))[0]
-        raise ValueError(f"{argname} must be finite, got {a[tuple(bad)]} at index "
-                         f"{tuple(int(i) for i in bad)}")
-
-
-def _check_float(argname: str, a: np.ndarray, dtype) -> None:
-    if a.dtype != dtype:
-        raise TypeError(f"{argname} must have dtype {np.dtype(dtype).name} (the parameters' "
-                        f"dtype), got {a.dtype.name}; convert it with "
-                        f".astype(np.{np.dtype(dtype).name})")
-
-
-def _shape_str(names_and_sizes) -> str:
-    return "(" + ", ".join(f"{k}={v}" if k else str(v) for k, v in names_and_sizes) + ")"
-
-
-def _check_shape(argname: str, a: np.ndarray, expected) -> None:
-    """expected: tuple of (name, size) pairs; size None means any."""
-    ok = a.ndim == len(expected) and all(
-        size is None or a.shape[i] == size for i, (_, size) in enumerate(expected))
-    if not ok:
-        want = _shape_str((k, v if v is not None else k) if k else (None, v)
-                          for k, v in expected)
-        raise ValueError(f"{argname} must have shape {want}, got {tuple(a.shape)}")
-
-
-def check_params(params, *, readout: bool = True):
-    """Validate a parameter dict; return (H, D, O, dtype). O is None without readout.
-
-    Raises KeyError-free, readable errors: missing keys, non-arrays, wrong ranks,
-    inconsistent shapes, mixed or non-float dtypes, non-finite values.
-    """
-    if not isinstance(params, dict):
-        raise TypeError(f"params must be a dict of arrays, got {type(params).__name__}")
-    names = PARAM_NAMES if readout else RECURRENT_NAMES
-    missing = [k for k in names if k not in params]
-    if missing:
-        raise ValueError(f"params is missing {', '.join(missing)}; expected keys "
-                         f"{', '.join(names)}, got {', '.join(map(str, params)) or 'none'}")
-    for k in names:
-        _as_array(f"params[{k!r}]", params[k])
-    W_hh = params["W_hh"]
-    if W_hh.ndim != 2 or W_hh.shape[0] != W_hh.shape[1] or W_hh.shape[0] < 1:
-        raise ValueError(f"params['W_hh'] must have shape (H, H), got {W_hh.shape}")
-    H = W_hh.shape[0]
-    dtype = W_hh.dtype
-    if dtype not in (np.float32, np.float64):
-        raise TypeError(f"params['W_hh'] must have dtype float32 or float64, "
-                        f"got {dtype.name}")
-    W_hx = params["W_hx"]
-    if W_hx.ndim != 2 or W_hx.shape[0] != H or W_hx.shape[1] < 1:
-        raise ValueError(f"params['W_hx'] must have shape (H={H}, D), got {W_hx.shape}")
-    D = W_hx.shape[1]
-    _check_shape("params['b_h']", params["b_h"], (("H", H),))
-    O = None
-    if readout:
-        W_yh = params["W_yh"]
-        if W_yh.ndim != 2 or W_yh.shape[1] != H or W_yh.shape[0] < 1:
-            raise ValueError(f"params['W_yh'] must have shape (O, H={H}), got {W_yh.shape}")
-        O = W_yh.shape[0]
-        _check_shape("params['b_y']", params["b_y"], (("O", O),))
-    for k in names:
-        _check_float(f"params[{k!r}]", params[k], dtype)
-        _check_finite(f"params[{k!r}]", params[k])
-    return H, D, O, dtype
-
-
-def _check_x(x, D, dtype):
-    _as_array("x", x)
-    if x.ndim != 3 or x.shape[2] != D or x.shape[0] < 1 or x.shape[1] < 1:
-        raise ValueError(f"x must have shape (T, B, D={D}) with T, B >= 1, "
-                         f"got {tuple(x.shape)}")
-    _check_float("x", x, dtype)
-    _check_finite("x", x)
-    return x.shape[0], x.shape[1]
-
-
-def _check_h0(h0, B, H, dtype):
-    if h0 is None:
-        return np.zeros((B, H), dtype=dtype)
-    _as_array("h0", h0)
-    _check_shape("h0", h0, (("B", B), ("H", H)))
-    _check_float("h0", h0, dtype)
-    _check_finite("h0", h0)
-    return h0
 
 
 # ---------------------------------------------------------------------------------------
@@ -326,6 +234,20 @@ INPUT_RECIPES = {
 }
 
 
+def nonlinearity_of(scheme: str) -> str:
+    """The nonlinearity f of a scheme's network, ``SCHEMES[scheme].nonlinearity``: "tanh"
+    for "np-tanh" and "tanh", "relu" for every other scheme.
+
+    Pass it on wherever a nonlinearity is asked for: the parameters of ``init_params``
+    hold the five arrays only, and ``forward`` and ``loss_and_grads`` default to "relu"::
+
+        params = init_params(D, H, O, scheme, rng)
+        h, cache = forward(params, x, nonlinearity=nonlinearity_of(scheme))
+    """
+    _check_choice("scheme", scheme, tuple(SCHEMES))
+    return SCHEMES[scheme].nonlinearity
+
+
 def init_params(n_in: int, n_hidden: int, n_out: int, scheme: str,
                 rng: np.random.Generator, dtype=np.float64, *, inputs: str = "scheme",
                 **scheme_options) -> dict:
@@ -338,7 +260,11 @@ def init_params(n_in: int, n_hidden: int, n_out: int, scheme: str,
 
     Returns {"W_hx": (H, D), "W_hh": (H, H), "b_h": (H,), "W_yh": (O, H), "b_y": (O,)},
     every array of ``dtype`` (float64 or float32; weights are drawn in float64 and cast).
-    The scheme's nonlinearity is ``SCHEMES[scheme].nonlinearity``.
+
+    The parameters do not record the scheme's nonlinearity, ``SCHEMES[scheme].nonlinearity``
+    (also ``nonlinearity_of(scheme)``), and ``forward``, ``loss_and_grads`` and the rest
+    default to "relu": for "np-tanh" and "tanh" pass ``nonlinearity="tanh"``, or a tanh
+    network silently runs ReLU.
     """
     D = _check_size("n_in", n_in)
     H = _check_size("n_hidden", n_hidden)
@@ -373,12 +299,69 @@ def init_params(n_in: int, n_hidden: int, n_out: int, scheme: str,
 # with flush-to-zero. Gradients that fade through hundreds of steps reach such subnormal
 # numbers, on which many CPUs compute very slowly; flushed, they cost nothing, and what is
 # lost is below 1.2e-38 in each term. For ReLU a flushed state has ReLU'(z) = 0, as at
-# z = 0. float64 is computed without any flushing.
+# z = 0. float64 is computed without any flushing. The per-step and the vectorised paths
+# flush alike, so their float32 results differ only by the order of their sums.
 FLOAT32_FLUSH = float(np.finfo(np.float32).tiny)
+
+
+def forward_per_step(params: dict, x: np.ndarray, h0: np.ndarray | None = None,
+                     nonlinearity: str = "relu"):
+    """The recurrence one time step at a time, as the paper writes it.
+
+    For t = 1..T, from h_0 = h0::
+
+        z_t = W_hx x_t + W_hh h_{t-1} + b_h
+        h_t = f(z_t),        f(z) = max(0, z) for "relu", tanh(z) for "tanh"
+
+    Each step treats the whole batch: row b of x_t, z_t and h_t belongs to sequence b, so
+    W_hx x_t is ``x_t @ W_hx.T``. In float32 each h_t is flushed as in ``forward``
+    (FLOAT32_FLUSH).
+
+    Parameters
+    ----------
+    params : dict
+        W_hx (H, D), W_hh (H, H), b_h (H,); W_yh and b_y are not read.
+    x : ndarray, shape (T, B, D)
+        The inputs; x[t - 1] is x_t.
+    h0 : ndarray, shape (B, H), optional
+        The initial state h_0, zeros when None.
+    nonlinearity : {"relu", "tanh"}
+        f. A scheme's is ``nonlinearity_of(scheme)``.
+
+    Returns
+    -------
+    h : ndarray, shape (T, B, H)
+        h[t - 1] is h_t (a read-only view into the cache).
+    cache : dict
+        What ``backward_per_step`` (and ``backward``) need: x, the states h_0..h_T and the
+        weights, laid out as ``forward``'s cache.
+    """
+    h0 = _check_forward_args(params, x, h0, nonlinearity)
+    W_hx, W_hh, b_h = params["W_hx"], params["W_hh"], params["b_h"]
+    T, B, _ = x.shape
+    H = W_hh.shape[0]
+    dtype = W_hh.dtype
+    hs = np.empty((T + 1, B, H), dtype)                  # hs[t] = h_t, hs[0] = h_0
+    hs[0] = h0
+    for t in range(1, T + 1):
+        x_t, h_prev = x[t - 1], hs[t - 1]                # (B, D), (B, H)
+        z_t = x_t @ W_hx.T + h_prev @ W_hh.T + b_h       # (B, H)
+        if nonlinearity == "relu":
+            h_t = np.maximum(z_t, 0.0)                   # (B, H)
+        else:
+            h_t = np.tanh(z_t)                           # (B, H)
+        if dtype == np.float32:
+            h_t[np.abs(h_t) < FLOAT32_FLUSH] = 0.0       # FLOAT32_FLUSH
+        hs[t] = h_t
+    h = hs[1:]                                           # (T, B, H)
+    h.flags.writeable = False
+    cache = {"x": x, "hs": hs, "W_hx": W_hx, "W_hh": W_hh, "nonlinearity": nonlinearity}
+    return h, cache
+
 
 def forward(params: dict, x: np.ndarray, h0: np.ndarray | None = None,
             nonlinearity: str = "relu"):
-    """Run the recurrence over a batch of sequences.
+    """Run the recurrence over a batch of sequences (``forward_per_step``, vectorised).
 
         z_t = W_hx x_t + W_hh h_{t-1} + b_h,    h_t = f(z_t),    t = 1..T
 
@@ -386,17 +369,16 @@ def forward(params: dict, x: np.ndarray, h0: np.ndarray | None = None,
     - params: dict with W_hx (H, D), W_hh (H, H), b_h (H,) (W_yh, b_y are not read)
     - x: (T, B, D) inputs
     - h0: (B, H) initial state, zeros when None
-    - nonlinearity: "relu" or "tanh"
+    - nonlinearity: "relu" or "tanh". It defaults to "relu" whatever scheme made the
+      parameters: for a tanh scheme pass ``nonlinearity_of(scheme)``
+      (= ``SCHEMES[scheme].nonlinearity``).
 
     Returns
     - h: (T, B, H), h[t-1] is h_t (a read-only view into the cache)
     - cache: what ``backward`` needs, O(T*B*(H + D)) numbers: the inputs, h0 and every
       hidden state (no pre-activations: f'(z_t) is recovered from h_t).
     """
-    _check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
-    H, D, _, dtype = check_params(params, readout=False)
-    T, B = _check_x(x, D, dtype)
-    h0 = _check_h0(h0, B, H, dtype)
+    h0 = _check_forward_args(params, x, h0, nonlinearity)
     return _forward(params, x, h0, nonlinearity)
 
 
@@ -415,13 +397,10 @@ def _forward(params, x, h0, nonlinearity):
     Whh_T = W_hh.T                                       # (H, H) view, no copy
     rec = np.empty((B, H), dtype)                        # reused buffer for W_hh h_{t-1}
     relu = nonlinearity == "relu"
-    # max against an array of zeros: a scalar operand costs ~0.8 us more per call
-    # (broadcasting set-up), which at B=16, H=100 is a tenth of the recurrent product.
-    zero = np.zeros((B, H), dtype)
+    zero = np.zeros((B, H), dtype)                       # the 0 of max(0, z_t)
     # Inside the loop only the recurrent product, one addition and f, all in place.
-    # (np.dot has a slightly lower per-call cost than np.matmul for these small products.)
     prev = hs[0]
-    if dtype == np.float32:                              # FLOAT32_FLUSH: see its note
+    if dtype == np.float32:                              # FLOAT32_FLUSH, explained above
         tiny = np.finfo(np.float32).tiny
         small = np.empty((B, H), bool)
         mag = np.empty((B, H), dtype)
@@ -482,8 +461,74 @@ def _readout(params, h, output):
 # Backward: back-propagation through time
 # ---------------------------------------------------------------------------------------
 
+def backward_per_step(dh: np.ndarray, cache: dict, return_dh: bool = False):
+    """BPTT one time step at a time, from t = T down to 1, carrying dh_next.
+
+    With g_t = dL/dh_t the total gradient reaching h_t (directly, dh_t, and through
+    h_{t+1}, dh_next) and delta_t = dL/dz_t::
+
+        g_t = dh_t + dh_next,    dh_next = W_hh^T delta_{t+1}   (0 at t = T: g_T = dh_T)
+        delta_t = g_t * f'(z_t)
+        f'(z_t) = [z_t > 0] = [h_t > 0] for relu (ReLU'(0) = 0), 1 - h_t^2 for tanh
+        dW_hx += delta_t x_t^T,    dW_hh += delta_t h_{t-1}^T,    db_h += delta_t
+        dx_t = W_hx^T delta_t,     dh_0 = W_hh^T delta_1 (the last dh_next)
+
+    In float32 each delta_t is flushed as in ``backward`` (FLOAT32_FLUSH).
+
+    Parameters
+    ----------
+    dh : ndarray, shape (T, B, H)
+        dL/dh_t arriving at each h_t directly, not through h_{t+1} (zeros except dh[-1]
+        for output="last").
+    cache : dict
+        From ``forward_per_step`` or ``forward``.
+    return_dh : bool
+        Also return g, the total dL/dh_t.
+
+    Returns
+    -------
+    dx : ndarray, shape (T, B, D)
+    dh0 : ndarray, shape (B, H)
+    grads : dict
+        {"W_hx": (H, D), "W_hh": (H, H), "b_h": (H,)}
+    g : ndarray, shape (T, B, H)
+        Only with return_dh: g[t - 1] is g_t.
+    """
+    _check_dh(dh, cache)
+    x, hs, W_hx, W_hh = cache["x"], cache["hs"], cache["W_hx"], cache["W_hh"]
+    T, B, D = x.shape
+    H = W_hh.shape[0]
+    dtype = hs.dtype
+    dW_hx = np.zeros((H, D), dtype)                      # (H, D)
+    dW_hh = np.zeros((H, H), dtype)                      # (H, H)
+    db_h = np.zeros(H, dtype)                            # (H,)
+    dx = np.empty((T, B, D), dtype)                      # (T, B, D)
+    g = np.empty((T, B, H), dtype)                       # (T, B, H): g[t - 1] = g_t
+    dh_next = np.zeros((B, H), dtype)                    # (B, H): nothing after h_T
+    for t in range(T, 0, -1):
+        x_t, h_prev, h_t = x[t - 1], hs[t - 1], hs[t]    # (B, D), (B, H), (B, H)
+        g_t = dh[t - 1] + dh_next                        # (B, H)
+        if cache["nonlinearity"] == "relu":
+            f_prime = (h_t > 0).astype(dtype)            # (B, H): ReLU'(0) = 0
+        else:
+            f_prime = 1.0 - h_t * h_t                    # (B, H)
+        delta_t = g_t * f_prime                          # (B, H)
+        if dtype == np.float32:
+            delta_t[np.abs(delta_t) < FLOAT32_FLUSH] = 0.0   # FLOAT32_FLUSH
+        dW_hx += delta_t.T @ x_t                         # (H, D)
+        dW_hh += delta_t.T @ h_prev                      # (H, H)
+        db_h += delta_t.sum(axis=0)                      # (H,)
+        dx[t - 1] = delta_t @ W_hx                       # (B, D): rows of W_hx^T delta_t
+        dh_next = delta_t @ W_hh                         # (B, H): rows of W_hh^T delta_t
+        g[t - 1] = g_t
+    dh0 = dh_next                                        # (B, H): W_hh^T delta_1
+    grads = {"W_hx": dW_hx, "W_hh": dW_hh, "b_h": db_h}
+    return (dx, dh0, grads, g) if return_dh else (dx, dh0, grads)
+
+
 def backward(dh: np.ndarray, cache: dict, return_dh: bool = False):
-    """BPTT through the recurrence, given the loss gradient arriving at every h_t directly.
+    """BPTT through the recurrence (``backward_per_step``, vectorised), given the loss
+    gradient arriving at every h_t directly.
 
     With g_t = dL/dh_t the total gradient reaching h_t (directly and through h_{t+1}):
 
@@ -495,63 +540,51 @@ def backward(dh: np.ndarray, cache: dict, return_dh: bool = False):
     Inputs
     - dh: (T, B, H) gradient of the loss with respect to each h_t, not counting the path
       through h_{t+1} (zeros except dh[-1] for output="last")
-    - cache: from ``forward``
+    - cache: from ``forward`` (or ``forward_per_step``)
     - return_dh: also return g, the total dL/dh_t, shape (T, B, H)
 
     Returns (dx, dh0, grads) or, with return_dh, (dx, dh0, grads, g)
     - dx: (T, B, D), dh0: (B, H)
     - grads: {"W_hx": (H, D), "W_hh": (H, H), "b_h": (H,)}
     """
-    x, hs = cache["x"], cache["hs"]
-    T, B, _ = x.shape
-    H = hs.shape[2]
-    _as_array("dh", dh)
-    _check_shape("dh", dh, (("T", T), ("B", B), ("H", H)))
-    _check_float("dh", dh, hs.dtype)
-    _check_finite("dh", dh)
-    return _bptt(cache, dh, None, return_dh)
+    _check_dh(dh, cache)
+    return _bptt(cache, dh, "all", return_dh)
 
 
-def _bptt(cache: dict, dh, dh_last, return_dh: bool):
-    """The BPTT loop of ``backward``. Exactly one of dh (T, B, H) and dh_last (B, H) is
-    given; dh_last means dh is zero except at the last step (output="last"), which saves
-    a (T, B, H) array of zeros and one addition per step."""
+def _bptt(cache: dict, dh, output: str, return_dh: bool = False):
+    """``backward``'s equations on validated arguments, from the dL/dh_t of the read steps:
+    dh is (T, B, H), one per step, for output "all"; (B, H), dL/dh_T alone, for "last"
+    (every earlier dh_t is zero, so no array of zeros is made and no zeros are added)."""
     x, hs, W_hx, W_hh = cache["x"], cache["hs"], cache["W_hx"], cache["W_hh"]
     T, B, D = x.shape
     H = W_hh.shape[0]
     dtype = hs.dtype
-    h = hs[1:]                                           # (T, B, H)
-    # delta starts as f'(z_t) for every step at once, outside the loop, and is then
-    # multiplied in place by g_t inside it: one (T, B, H) allocation in all.
-    if cache["nonlinearity"] == "relu":
-        delta = np.empty((T, B, H), dtype)
-        np.greater(h, dtype.type(0), out=delta)          # [z_t > 0] == [h_t > 0], as 0/1
-    else:
-        delta = h * h
-        np.subtract(1.0, delta, out=delta)               # 1 - h^2
-    g = np.empty((T, B, H), dtype) if return_dh else None
-    buf = np.empty((B, H), dtype)                        # W_hh^T delta_{t+1}, reused
-    last = dh_last if dh is None else dh[T - 1]
-    if return_dh:
-        g[T - 1] = last
-    delta[T - 1] *= last
-    nxt = delta[T - 1]
-    flush = dtype == np.float32                          # FLOAT32_FLUSH: see its note
+    every_step = output == "all"
+    # f'(z_t) for every t at once before the loop, in the array that then receives
+    # delta_t = g_t * f'(z_t) step by step (one (T, B, H) allocation in all).
+    delta = _f_prime(hs[1:], cache["nonlinearity"])      # (T, B, H)
+    g = np.empty((T, B, H), dtype) if return_dh else None    # g[t - 1] = g_t
+    buf = np.empty((B, H), dtype)                        # g_t when g is not returned
+    flush = dtype == np.float32                          # FLOAT32_FLUSH, see forward
     if flush:
-        tiny = np.finfo(np.float32).tiny
-        small, mag, zero = np.empty((B, H), bool), np.empty((B, H), dtype), dtype.type(0)
-        np.less(np.abs(nxt, out=mag), tiny, out=small)
-        np.copyto(nxt, zero, where=small)
-    for t in range(T - 2, -1, -1):
-        gt = g[t] if return_dh else buf
-        np.dot(nxt, W_hh, out=gt)                        # (B, H): W_hh^T delta_{t+1}
-        if dh is not None:
-            gt += dh[t]                                  # g_t
-        nxt = delta[t]
-        nxt *= gt                                        # delta_t = g_t * f'(z_t)
+        small, mag = np.empty((B, H), bool), np.empty((B, H), dtype)
+    g_T = dh[T - 1] if every_step else dh                # (B, H): g_T = dh_T
+    if return_dh:
+        g[T - 1] = g_T
+    delta_next = delta[T - 1]
+    np.multiply(g_T, delta_next, out=delta_next)         # delta_T = g_T * f'(z_T)
+    if flush:
+        _flush_float32(delta_next, mag, small)
+    for t in range(T - 1, 0, -1):                        # t = T-1 .. 1
+        g_t = g[t - 1] if return_dh else buf
+        np.dot(delta_next, W_hh, out=g_t)                # (B, H): W_hh^T delta_{t+1}
+        if every_step:
+            g_t += dh[t - 1]                             # g_t = dh_t + W_hh^T delta_{t+1}
+        delta_t = delta[t - 1]
+        np.multiply(g_t, delta_t, out=delta_t)           # delta_t = g_t * f'(z_t)
         if flush:
-            np.less(np.abs(nxt, out=mag), tiny, out=small)
-            np.copyto(nxt, zero, where=small)
+            _flush_float32(delta_t, mag, small)
+        delta_next = delta_t
     # All weight gradients after the loop, one product each.
     d2 = delta.reshape(T * B, H)                         # (T*B, H)
     grads = {
@@ -564,6 +597,23 @@ def _bptt(cache: dict, dh, dh_last, return_dh: bool):
     if return_dh:
         return dx, dh0, grads, g
     return dx, dh0, grads
+
+
+def _f_prime(h, nonlinearity):
+    """f'(z_t) for every step at once, from h_t = f(z_t): (T, B, H)."""
+    if nonlinearity == "relu":
+        fp = np.empty(h.shape, h.dtype)
+        np.greater(h, h.dtype.type(0), out=fp)           # [z_t > 0] == [h_t > 0], as 0/1
+    else:
+        fp = h * h
+        np.subtract(1.0, fp, out=fp)                     # 1 - h_t^2
+    return fp
+
+
+def _flush_float32(a, mag, small):
+    """FLOAT32_FLUSH in place: a[|a| < tiny] = 0 (mag and small: work arrays like a)."""
+    np.less(np.abs(a, out=mag), FLOAT32_FLUSH, out=small)
+    np.copyto(a, a.dtype.type(0), where=small)
 
 
 def readout_backward(dy: np.ndarray, params: dict, h: np.ndarray, output: str = "last"):
@@ -598,33 +648,9 @@ def _readout_grads(dy, params, h, output):
     return dh, {"W_yh": dy2.T @ h.reshape(T * B, H), "b_y": dy2.sum(axis=0)}
 
 
-def _bptt_from_readout(cache, dh_read, output, return_dh=False):
-    """BPTT from ``_readout_grads``'s dh: the sparse last-step path for "last"."""
-    if output == "last":
-        return _bptt(cache, None, dh_read, return_dh)
-    return _bptt(cache, dh_read, None, return_dh)
-
-
 # ---------------------------------------------------------------------------------------
 # Losses (PyTorch's default mean reductions)
 # ---------------------------------------------------------------------------------------
-
-def _check_target(target, loss, output, T, B, O, dtype):
-    _as_array("target", target)
-    lead = (("B", B),) if output == "last" else (("T", T), ("B", B))
-    if loss == "mse":
-        _check_shape("target", target, lead + (("O", O),))
-        _check_float("target", target, dtype)
-        _check_finite("target", target)
-    else:
-        _check_shape("target", target, lead)
-        if not np.issubdtype(target.dtype, np.integer):
-            raise TypeError(f"target must hold integer class labels for loss='xent', "
-                            f"got dtype {target.dtype.name}")
-        if target.size and (target.min() < 0 or target.max() >= O):
-            bad = target.min() if target.min() < 0 else target.max()
-            raise ValueError(f"target labels must lie in [0, O={O}), got {bad}")
-
 
 def loss_fn(y: np.ndarray, target: np.ndarray, loss: str = "mse"):
     """Loss and its gradient dL/dy (no validation; see loss_and_grads).
@@ -651,31 +677,79 @@ def loss_fn(y: np.ndarray, target: np.ndarray, loss: str = "mse"):
     return L, p.reshape(y.shape)
 
 
-def _loss_forward(params, x, target, loss, output, nonlinearity, h0):
-    """Validate every argument of a loss evaluation, run forward, read-out and loss.
-    Returns (L, dy, h, y, cache)."""
-    _check_choice("loss", loss, LOSSES)
-    _check_choice("output", output, OUTPUTS)
-    _check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
-    H, D, O, dtype = check_params(params)
-    T, B = _check_x(x, D, dtype)
-    _check_target(target, loss, output, T, B, O, dtype)
-    h0 = _check_h0(h0, B, H, dtype)
-    h, cache = _forward(params, x, h0, nonlinearity)    # (T, B, H)
-    y = _readout(params, h, output)
-    L, dy = loss_fn(y, target, loss)
-    return L, dy, h, y, cache
+def loss_and_grads_per_step(params: dict, x: np.ndarray, target: np.ndarray, *,
+                            loss: str = "mse", output: str = "last",
+                            nonlinearity: str = "relu", h0: np.ndarray | None = None):
+    """``loss_and_grads`` one time step at a time: ``forward_per_step``, then the read-out
+    and the loss at each read step s (s = T for "last", s = 1..T for "all"), then
+    ``backward_per_step`` from the read-out's gradients::
+
+        y_s = W_yh h_s + b_y,    L = (1/n) sum_s sum_b l(y_s[b], target_s[b])
+        mse:  l = sum_o (y_o - target_o)^2,        dl/dy = 2 (y - target)
+        xent: l = logsumexp(y) - y[c],             dl/dy = softmax(y) - onehot(c)
+        dy_s = (1/n) dl/dy_s,   dW_yh = sum_s dy_s h_s^T,   db_y = sum_s dy_s,
+        dh_s = W_yh^T dy_s (dh_t = 0 at the steps that are not read)
+
+    where n counts the terms of the mean, as in ``loss_fn``: every element of y for
+    "mse", every (step, sequence) pair for "xent".
+
+    Parameters, returns and errors are those of ``loss_and_grads``.
+    """
+    h0 = _check_loss_args(params, x, target, loss, output, nonlinearity, h0)
+    h, cache = forward_per_step(params, x, h0, nonlinearity)     # (T, B, H)
+    W_yh, b_y = params["W_yh"], params["b_y"]
+    T, B, H = h.shape
+    O = W_yh.shape[0]
+    dtype = h.dtype
+    read = [T] if output == "last" else list(range(1, T + 1))    # the read steps s
+    n = len(read) * B * (O if loss == "mse" else 1)              # terms of the mean
+    L = dtype.type(0)
+    dW_yh = np.zeros((O, H), dtype)                              # (O, H)
+    db_y = np.zeros(O, dtype)                                    # (O,)
+    dh = np.zeros((T, B, H), dtype)                              # (T, B, H)
+    for s in read:
+        h_s = h[s - 1]                                           # (B, H)
+        y_s = h_s @ W_yh.T + b_y                                 # (B, O)
+        target_s = target if output == "last" else target[s - 1]   # (B, O) or (B,)
+        l_s, dl_s = _step_loss(y_s, target_s, loss)              # sum over b; (B, O)
+        L += l_s
+        dy_s = dl_s / n                                          # (B, O)
+        dW_yh += dy_s.T @ h_s                                    # (O, H)
+        db_y += dy_s.sum(axis=0)                                 # (O,)
+        dh[s - 1] = dy_s @ W_yh                                  # (B, H)
+    dx, dh0, grads = backward_per_step(dh, cache)
+    grads.update(W_yh=dW_yh, b_y=db_y, x=dx, h0=dh0)
+    return dtype.type(L / n), {k: grads[k] for k in PARAM_NAMES + ("x", "h0")}
+
+
+def _step_loss(y_s, target_s, loss):
+    """The loss of one read step summed over its sequences, l_s = sum_b l(y_s[b],
+    target_s[b]), and dl_s / dy_s: (B, O)."""
+    if loss == "mse":
+        diff = y_s - target_s                                    # (B, O)
+        return (diff * diff).sum(), 2.0 * diff
+    rows = np.arange(y_s.shape[0])                               # (B,)
+    m = y_s.max(axis=1, keepdims=True)                           # (B, 1): for stability
+    e = np.exp(y_s - m)                                          # (B, O)
+    s = e.sum(axis=1, keepdims=True)                             # (B, 1)
+    l_s = (np.log(s[:, 0]) + m[:, 0] - y_s[rows, target_s]).sum()
+    p = e / s                                                    # (B, O): softmax(y_s)
+    p[rows, target_s] -= 1.0                                     # softmax - onehot
+    return l_s, p
 
 
 def loss_and_grads(params: dict, x: np.ndarray, target: np.ndarray, *, loss: str = "mse",
                    output: str = "last", nonlinearity: str = "relu",
                    h0: np.ndarray | None = None):
-    """Loss and the gradient of every parameter, of x and of h0.
+    """Loss and the gradient of every parameter, of x and of h0 (``loss_and_grads_per_step``,
+    vectorised).
 
     Inputs
     - params: the five arrays; x (T, B, D); h0 (B, H) or None (zeros)
     - target: mse: (B, O) for "last", (T, B, O) for "all", floats of the params' dtype;
       xent: integer labels in [0, O), (B,) for "last", (T, B) for "all"
+    - loss "mse" or "xent", output "last" or "all", nonlinearity "relu" or "tanh" (for a
+      tanh scheme pass ``nonlinearity_of(scheme)``)
 
     Returns (loss, grads): loss a NumPy scalar of the params' dtype; grads with keys
     W_hx, W_hh, b_h, W_yh, b_y, x, h0, each shaped like its input. No clipping here.
@@ -684,10 +758,20 @@ def loss_and_grads(params: dict, x: np.ndarray, target: np.ndarray, *, loss: str
     return h.dtype.type(L), _grads_from(dy, params, h, cache, output)
 
 
+def _loss_forward(params, x, target, loss, output, nonlinearity, h0):
+    """Validate every argument of a loss evaluation, run forward, read-out and loss.
+    Returns (L, dy, h, y, cache)."""
+    h0 = _check_loss_args(params, x, target, loss, output, nonlinearity, h0)
+    h, cache = _forward(params, x, h0, nonlinearity)    # (T, B, H)
+    y = _readout(params, h, output)
+    L, dy = loss_fn(y, target, loss)
+    return L, dy, h, y, cache
+
+
 def _grads_from(dy, params, h, cache, output):
     """Every gradient of loss_and_grads from dL/dy and the forward pass's h and cache."""
-    dh_read, grads = _readout_grads(dy, params, h, output)
-    dx, dh0, rec_grads = _bptt_from_readout(cache, dh_read, output)
+    dh, grads = _readout_grads(dy, params, h, output)    # dL/dh at the read steps
+    dx, dh0, rec_grads = _bptt(cache, dh, output)
     grads.update(rec_grads, x=dx, h0=dh0)
     return {k: grads[k] for k in PARAM_NAMES + ("x", "h0")}
 
@@ -719,40 +803,6 @@ def clip_grads(grads: dict, max_norm: float):
     clipped = {k: (v * v.dtype.type(scale) if k in PARAM_NAMES else v)
                for k, v in grads.items()}
     return clipped, norm
-
-
-def _check_rate(name, v, positive=False):
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) \
-            or not math.isfinite(v) or v < 0 or (positive and v == 0):
-        raise ValueError(f"{name} must be a finite number {'>' if positive else '>='} 0, "
-                         f"got {v!r}")
-
-
-def _check_step_args(params, grads, state, state_name):
-    """Validate the arguments of an optimiser step; return the parameters' dtype."""
-    dtype = check_params(params)[3]
-    for k in PARAM_NAMES:
-        p = params[k]
-        if k not in grads:
-            raise ValueError(f"grads is missing {k}")
-        g = grads[k]
-        _as_array(f"grads[{k!r}]", g)
-        if g.shape != p.shape:
-            raise ValueError(f"grads[{k!r}] must have shape {p.shape}, got {g.shape}")
-        _check_float(f"grads[{k!r}]", g, dtype)
-        if state is not None:
-            if k not in state:
-                raise ValueError(f"{state_name}[{k!r}] must have shape {p.shape}, got missing")
-            v = _as_array(f"{state_name}[{k!r}]", state[k])
-            if v.shape != p.shape:
-                raise ValueError(f"{state_name}[{k!r}] must have shape {p.shape}, "
-                                 f"got {v.shape}")
-            _check_float(f"{state_name}[{k!r}]", v, dtype)
-            _check_finite(f"{state_name}[{k!r}]", v)
-            if state_name == "square_avg" and np.any(v < 0):
-                raise ValueError(f"square_avg[{k!r}] must be >= 0 (a running mean of "
-                                 f"squares), got {v.min()}")
-    return dtype
 
 
 def sgd_step(params: dict, grads: dict, velocity: dict | None, lr: float,
@@ -847,21 +897,6 @@ def cooled_lr(lr: float, epoch: int, factor: float = 0.1, milestones=()) -> floa
 # decide everything (the paper's 2-node picture, cases (a) to (d)). The np_init matrix
 # has entries of both signs: there ReLU clips, and the picture must be measured, not
 # assumed. The functions below compute the quantities the argument is about.
-
-__all__ += ["autonomous_trajectories", "TwoNodeCase", "two_node_cases",
-            "gradient_norms_through_time", "input_sensitivity", "Spectrum", "spectrum"]
-
-
-def _check_square(argname: str, W) -> np.ndarray:
-    _as_array(argname, W)
-    if W.ndim != 2 or W.shape[0] != W.shape[1] or W.shape[0] < 1:
-        raise ValueError(f"{argname} must be a square matrix of shape (N, N) with N >= 1, "
-                         f"got shape {tuple(W.shape)}")
-    if W.dtype not in (np.float32, np.float64):
-        raise TypeError(f"{argname} must have dtype float32 or float64, got {W.dtype.name}")
-    _check_finite(argname, W)
-    return W
-
 
 def autonomous_trajectories(W: np.ndarray, h0s: np.ndarray, steps: int) -> np.ndarray:
     """The zero-input, zero-bias ReLU map, from K starting points at once.
@@ -965,7 +1000,7 @@ def gradient_norms_through_time(params: dict, x: np.ndarray, target: np.ndarray,
     """
     _, dy, h, _, cache = _loss_forward(params, x, target, loss, output, nonlinearity, h0)
     dh_read, _ = _readout_grads(dy, params, h, output)   # gradient at the read steps
-    g = _bptt_from_readout(cache, dh_read, output, return_dh=True)[3]   # (T, B, H) total
+    g = _bptt(cache, dh_read, output, return_dh=True)[3]   # (T, B, H): the total g_t
     return np.sqrt(np.einsum("tbh,tbh->t", g, g))        # (T,)
 
 
@@ -984,15 +1019,15 @@ def input_sensitivity(params: dict, x: np.ndarray, *, nonlinearity: str = "relu"
     Returns (per_sequence, mean): per_sequence (T, B) with per_sequence[t - 1, b] =
     ||J_t[b]||_F, and mean (T,), its mean over the batch.
     """
-    _check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
-    H, D, _, dtype = check_params(params, readout=False)
-    T, B = _check_x(x, D, dtype)
-    _, cache = forward(params, x, h0, nonlinearity)
+    h0 = _check_forward_args(params, x, h0, nonlinearity)
+    _, cache = _forward(params, x, h0, nonlinearity)
+    T, B, _ = x.shape
+    H, dtype = h0.shape[1], h0.dtype
     sq = np.zeros((T, B), dtype)                         # running sum of squares
     seed = np.zeros((B, H), dtype)                       # dL/dh_T = e_i, nothing earlier
     for i in range(H):
         seed[:, i] = 1.0
-        dx = _bptt(cache, None, seed, False)[0]          # (T, B, D): row i of J_t[b]
+        dx = _bptt(cache, seed, "last")[0]               # (T, B, D): row i of J_t[b]
         sq += np.einsum("tbd,tbd->tb", dx, dx)
         seed[:, i] = 0.0
     per_sequence = np.sqrt(sq)                           # (T, B)
@@ -1028,13 +1063,224 @@ def spectrum(W: np.ndarray) -> Spectrum:
 
 
 # ---------------------------------------------------------------------------------------
+# Validation: every error names the argument, what was expected and what came.
+# ---------------------------------------------------------------------------------------
+
+def _check_choice(argname: str, value, valid) -> str:
+    if not isinstance(value, str) or value not in valid:
+        raise ValueError(f"{argname} must be one of {', '.join(map(repr, valid))}, "
+                         f"got {value!r}")
+    return value
+
+
+def _check_size(argname: str, n, minimum: int = 1) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise TypeError(f"{argname} must be an int >= {minimum}, "
+                        f"got {type(n).__name__} {n!r}")
+    if n < minimum:
+        raise ValueError(f"{argname} must be an int >= {minimum}, got {n}")
+    return int(n)
+
+
+def _check_rng(rng) -> np.random.Generator:
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError("rng must be a numpy.random.Generator (e.g. "
+                        f"np.random.default_rng(0)), got {type(rng).__name__}")
+    return rng
+
+
+def _as_array(argname: str, a) -> np.ndarray:
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{argname} must be a numpy.ndarray, got {type(a).__name__}")
+    return a
+
+
+def _check_finite(argname: str, a: np.ndarray) -> None:
+    if not np.all(np.isfinite(a)):
+        bad = np.argwhere(~np.isfinite(a))[0]
+        raise ValueError(f"{argname} must be finite, got {a[tuple(bad)]} at index "
+                         f"{tuple(int(i) for i in bad)}")
+
+
+def _check_float(argname: str, a: np.ndarray, dtype) -> None:
+    if a.dtype != dtype:
+        raise TypeError(f"{argname} must have dtype {np.dtype(dtype).name} (the parameters' "
+                        f"dtype), got {a.dtype.name}; convert it with "
+                        f".astype(np.{np.dtype(dtype).name})")
+
+
+def _shape_str(names_and_sizes) -> str:
+    return "(" + ", ".join(f"{k}={v}" if k else str(v) for k, v in names_and_sizes) + ")"
+
+
+def _check_shape(argname: str, a: np.ndarray, expected) -> None:
+    """expected: tuple of (name, size) pairs; size None means any."""
+    ok = a.ndim == len(expected) and all(
+        size is None or a.shape[i] == size for i, (_, size) in enumerate(expected))
+    if not ok:
+        want = _shape_str((k, v if v is not None else k) if k else (None, v)
+                          for k, v in expected)
+        raise ValueError(f"{argname} must have shape {want}, got {tuple(a.shape)}")
+
+
+def check_params(params, *, readout: bool = True):
+    """Validate a parameter dict; return (H, D, O, dtype). O is None without readout.
+
+    Raises KeyError-free, readable errors: missing keys, non-arrays, wrong ranks,
+    inconsistent shapes, mixed or non-float dtypes, non-finite values.
+    """
+    if not isinstance(params, dict):
+        raise TypeError(f"params must be a dict of arrays, got {type(params).__name__}")
+    names = PARAM_NAMES if readout else RECURRENT_NAMES
+    missing = [k for k in names if k not in params]
+    if missing:
+        raise ValueError(f"params is missing {', '.join(missing)}; expected keys "
+                         f"{', '.join(names)}, got {', '.join(map(str, params)) or 'none'}")
+    for k in names:
+        _as_array(f"params[{k!r}]", params[k])
+    W_hh = params["W_hh"]
+    if W_hh.ndim != 2 or W_hh.shape[0] != W_hh.shape[1] or W_hh.shape[0] < 1:
+        raise ValueError(f"params['W_hh'] must have shape (H, H), got {W_hh.shape}")
+    H = W_hh.shape[0]
+    dtype = W_hh.dtype
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"params['W_hh'] must have dtype float32 or float64, "
+                        f"got {dtype.name}")
+    W_hx = params["W_hx"]
+    if W_hx.ndim != 2 or W_hx.shape[0] != H or W_hx.shape[1] < 1:
+        raise ValueError(f"params['W_hx'] must have shape (H={H}, D), got {W_hx.shape}")
+    D = W_hx.shape[1]
+    _check_shape("params['b_h']", params["b_h"], (("H", H),))
+    O = None
+    if readout:
+        W_yh = params["W_yh"]
+        if W_yh.ndim != 2 or W_yh.shape[1] != H or W_yh.shape[0] < 1:
+            raise ValueError(f"params['W_yh'] must have shape (O, H={H}), got {W_yh.shape}")
+        O = W_yh.shape[0]
+        _check_shape("params['b_y']", params["b_y"], (("O", O),))
+    for k in names:
+        _check_float(f"params[{k!r}]", params[k], dtype)
+        _check_finite(f"params[{k!r}]", params[k])
+    return H, D, O, dtype
+
+
+def _check_x(x, D, dtype):
+    _as_array("x", x)
+    if x.ndim != 3 or x.shape[2] != D or x.shape[0] < 1 or x.shape[1] < 1:
+        raise ValueError(f"x must have shape (T, B, D={D}) with T, B >= 1, "
+                         f"got {tuple(x.shape)}")
+    _check_float("x", x, dtype)
+    _check_finite("x", x)
+    return x.shape[0], x.shape[1]
+
+
+def _check_h0(h0, B, H, dtype):
+    if h0 is None:
+        return np.zeros((B, H), dtype=dtype)
+    _as_array("h0", h0)
+    _check_shape("h0", h0, (("B", B), ("H", H)))
+    _check_float("h0", h0, dtype)
+    _check_finite("h0", h0)
+    return h0
+
+
+def _check_forward_args(params, x, h0, nonlinearity):
+    """The checks of ``forward`` and ``forward_per_step``; returns h0 as an array."""
+    _check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
+    H, D, _, dtype = check_params(params, readout=False)
+    T, B = _check_x(x, D, dtype)
+    return _check_h0(h0, B, H, dtype)
+
+
+def _check_dh(dh, cache):
+    """The checks of ``backward`` and ``backward_per_step``: dh is (T, B, H), finite, of
+    the cache's dtype."""
+    x, hs = cache["x"], cache["hs"]
+    T, B, _ = x.shape
+    H = hs.shape[2]
+    _as_array("dh", dh)
+    _check_shape("dh", dh, (("T", T), ("B", B), ("H", H)))
+    _check_float("dh", dh, hs.dtype)
+    _check_finite("dh", dh)
+
+
+def _check_target(target, loss, output, T, B, O, dtype):
+    _as_array("target", target)
+    lead = (("B", B),) if output == "last" else (("T", T), ("B", B))
+    if loss == "mse":
+        _check_shape("target", target, lead + (("O", O),))
+        _check_float("target", target, dtype)
+        _check_finite("target", target)
+    else:
+        _check_shape("target", target, lead)
+        if not np.issubdtype(target.dtype, np.integer):
+            raise TypeError(f"target must hold integer class labels for loss='xent', "
+                            f"got dtype {target.dtype.name}")
+        if target.size and (target.min() < 0 or target.max() >= O):
+            bad = target.min() if target.min() < 0 else target.max()
+            raise ValueError(f"target labels must lie in [0, O={O}), got {bad}")
+
+
+def _check_loss_args(params, x, target, loss, output, nonlinearity, h0):
+    """The checks of ``loss_and_grads`` and its relatives; returns h0 as an array."""
+    _check_choice("loss", loss, LOSSES)
+    _check_choice("output", output, OUTPUTS)
+    _check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
+    H, D, O, dtype = check_params(params)
+    T, B = _check_x(x, D, dtype)
+    _check_target(target, loss, output, T, B, O, dtype)
+    return _check_h0(h0, B, H, dtype)
+
+
+def _check_rate(name, v, positive=False):
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) \
+            or not math.isfinite(v) or v < 0 or (positive and v == 0):
+        raise ValueError(f"{name} must be a finite number {'>' if positive else '>='} 0, "
+                         f"got {v!r}")
+
+
+def _check_step_args(params, grads, state, state_name):
+    """Validate the arguments of an optimiser step; return the parameters' dtype."""
+    dtype = check_params(params)[3]
+    for k in PARAM_NAMES:
+        p = params[k]
+        if k not in grads:
+            raise ValueError(f"grads is missing {k}")
+        g = grads[k]
+        _as_array(f"grads[{k!r}]", g)
+        if g.shape != p.shape:
+            raise ValueError(f"grads[{k!r}] must have shape {p.shape}, got {g.shape}")
+        _check_float(f"grads[{k!r}]", g, dtype)
+        if state is not None:
+            if k not in state:
+                raise ValueError(f"{state_name}[{k!r}] must have shape {p.shape}, got missing")
+            v = _as_array(f"{state_name}[{k!r}]", state[k])
+            if v.shape != p.shape:
+                raise ValueError(f"{state_name}[{k!r}] must have shape {p.shape}, "
+                                 f"got {v.shape}")
+            _check_float(f"{state_name}[{k!r}]", v, dtype)
+            _check_finite(f"{state_name}[{k!r}]", v)
+            if state_name == "square_avg" and np.any(v < 0):
+                raise ValueError(f"square_avg[{k!r}] must be >= 0 (a running mean of "
+                                 f"squares), got {v.min()}")
+    return dtype
+
+
+def _check_square(argname: str, W) -> np.ndarray:
+    _as_array(argname, W)
+    if W.ndim != 2 or W.shape[0] != W.shape[1] or W.shape[0] < 1:
+        raise ValueError(f"{argname} must be a square matrix of shape (N, N) with N >= 1, "
+                         f"got shape {tuple(W.shape)}")
+    if W.dtype not in (np.float32, np.float64):
+        raise TypeError(f"{argname} must have dtype float32 or float64, got {W.dtype.name}")
+    _check_finite(argname, W)
+    return W
+
+
+# ---------------------------------------------------------------------------------------
 # Backend bridge: PyTorch weight names, golden-fixture files and a tensor-by-tensor checker
 # (NumPy only: nothing here imports torch)
 # ---------------------------------------------------------------------------------------
-
-import os  # noqa: E402  (this section's imports, kept here to keep merges local)
-import zipfile  # noqa: E402
-import zlib  # noqa: E402
 
 TORCH_KEYS = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0",
               "readout.weight", "readout.bias")
@@ -1044,11 +1290,6 @@ FIXTURE_INPUT_KEYS = ("x", "h0", "target") + PARAM_NAMES + ("nonlinearity", "los
 FIXTURE_OUTPUT_KEYS = ("h", "y", "loss", "grad_W_hx", "grad_W_hh", "grad_b_h",
                        "grad_W_yh", "grad_b_y", "grad_x", "grad_h0")
 FIXTURE_KEYS = FIXTURE_INPUT_KEYS + FIXTURE_OUTPUT_KEYS + ("format_version",)
-
-__all__ += ["TORCH_KEYS", "FIXTURE_FORMAT_VERSION", "FIXTURE_INPUT_KEYS",
-            "FIXTURE_OUTPUT_KEYS", "FIXTURE_KEYS", "to_torch_state_dict",
-            "from_torch_state_dict", "fixture_outputs", "load_fixture", "TensorCheck",
-            "CompareReport", "compare"]
 
 
 def to_torch_state_dict(params: dict) -> dict:

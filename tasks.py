@@ -70,6 +70,9 @@ if __name__ == "__main__":
                           "raised)" if _keep_freed_memory() else "C library defaults")
 
 import argparse  # noqa: E402
+import dataclasses  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
 import time  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -232,9 +235,6 @@ def cmd_bench(args):
 # ---------------------------------------------------------------------------------------
 # The paper's experiments: task data, the training loop, checkpoints, parallel runs
 # ---------------------------------------------------------------------------------------
-
-import json  # noqa: E402
-import math  # noqa: E402
 
 ADDING_BASELINE_MSE = 1.0 / 6.0        # predict 1 = E[a + b]: Var(a + b) = 2 / 12
 MULTIPLY_BASELINE_MSE = 7.0 / 144.0    # predict 1/4 = E[ab]: E[a^2 b^2] - 1/16 = 1/9 - 1/16
@@ -411,6 +411,33 @@ def load_mnist(path):
     return _check_mnist_arrays(arrays, path)
 
 
+# The pixel task's data sets, each with its default location: MNIST in the current folder
+# (it cannot be installed here), Fashion-MNIST where `apt-get install
+# dataset-fashion-mnist` puts it. Both have MNIST's format, sizes and file names.
+PIXEL_DATASETS = {"mnist": ".", "fashion-mnist": "/usr/share/datasets/fashion-mnist"}
+CLASS_NAMES = {
+    "mnist": tuple(str(i) for i in range(10)),
+    "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
+                      "Shirt", "Sneaker", "Bag", "Ankle boot"),
+}
+def load_pixel_dataset(name, path=None):
+    """MNIST or Fashion-MNIST (the same IDX format) for the pixel task: load_mnist's
+    arrays plus "name", "source" and "classes" (the label names)."""
+    nr._check_choice("dataset", name, tuple(PIXEL_DATASETS))
+    if path is None:
+        path = PIXEL_DATASETS[name]
+    try:
+        d = load_mnist(path)
+    except FileNotFoundError as e:
+        if name == "fashion-mnist" and path == PIXEL_DATASETS[name]:
+            raise FileNotFoundError(
+                f"Fashion-MNIST is not at {path}: install it with "
+                "`apt-get install dataset-fashion-mnist`, or pass --data") from None
+        raise FileNotFoundError(str(e).replace("no MNIST files", f"no {name} files")) \
+            from None
+    return dict(d, name=name, source=os.fspath(path), classes=CLASS_NAMES[name])
+
+
 def pixel_sequences(images, permutation=None):
     """Images (n, P) uint8 -> sequences (P, n, 1) float64 in [0, 1], one pixel per step in
     scanline order, or in the order ``permutation`` (a permutation of range(P))."""
@@ -443,50 +470,90 @@ def load_digits_data(rng, test_fraction=0.2):
 
 # --- Tasks as seen by the training loop -----------------------------------------------
 
+TASKS = ("adding", "multiply", "pixel", "digits")   # one name per task: the command's own
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """One run of the experiment commands (adding, multiply, pixel, digits, sweep):
+    training by SGD on freshly drawn sequences (adding, multiply) or on an image set
+    visited once per epoch (pixel, digits).
+
+    Streams from the seed: init (seed, 0), training batches (seed, 1), test set (seed, 2),
+    pixel/digits epoch order (seed, 3, epoch); so every scheme of a seed sees the same data.
+    """
+    task: str                       # one of TASKS
+    scheme: str                     # a key of nprnn_ref.SCHEMES
+    seed: int = 0
+    hidden: int = 100
+    batch: int = 16
+    lr: float = 0.01
+    momentum: float = 0.0
+    clip: float | None = 10.0       # global-norm clipping threshold; None: no clipping
+    inputs: str = "paper"           # a key of nprnn_ref.INPUT_RECIPES
+    seq_len: int | None = None      # adding, multiply
+    steps: int | None = None        # adding, multiply
+    epochs: int | None = None       # pixel, digits
+    eval_every: int | None = None   # None: 500 steps (adding, multiply) or one epoch
+    test_size: int | None = 1000    # None: the whole test split (pixel, digits)
+    target_mse: float = 0.01        # adding, multiply: solved when test MSE < target_mse
+    dataset: str | None = None      # pixel: a key of PIXEL_DATASETS
+    data: str | None = None         # pixel: where the files are (None: the default place)
+    permuted: bool = False          # pixel, digits: a fixed pixel permutation (seed 0)
+    train_size: int | None = None   # pixel, digits: the first N training images
+    save: str | None = None         # checkpoint path, rewritten at every evaluation
+    resume: str | None = None       # checkpoint to continue from
+    label_hp: bool = False          # name runs with lr and clip (sweep cells)
+
+    @property
+    def regression(self) -> bool:
+        return self.task in ("adding", "multiply")
+
+
 class _Task:
     """What the training loop needs: sizes, loss, a batch for each step, a test set."""
 
-    def __init__(self, cfg):
-        name = cfg["task"]
-        self.name = name
-        seed = cfg["seed"]
-        if name in ("adding", "multiply"):
-            self.gen = adding_problem if name == "adding" else multiplication_problem
-            self.n_in, self.n_out, self.loss = 2, 1, "mse"
-            self.T = cfg["seq_len"]
-            self.baseline = ADDING_BASELINE_MSE if name == "adding" else MULTIPLY_BASELINE_MSE
-            # The test set comes from its own stream, so it is the same for every scheme
-            # and across --resume; the training stream is the checkpointed data rng.
-            self.x_test, self.y_test = self.gen(cfg["test_size"], self.T,
-                                                np.random.default_rng([seed, 2]))
-            self.steps_per_epoch = None
-        elif name in ("mnist", "digits"):
-            self.n_in, self.n_out, self.loss = 1, 10, "xent"
-            if name == "mnist":
-                data = load_mnist(cfg["data"])
-            else:
-                data = load_digits_data(np.random.default_rng(cfg.get("split_seed", 0)))
-            self.perm = None
-            if cfg.get("permuted"):
-                self.perm = np.random.default_rng(cfg.get("perm_seed", 0)).permutation(
-                    data["x_train"].shape[1])
-            self.x_train, self.y_train = data["x_train"], data["y_train"]
-            if cfg.get("train_size"):
-                self.x_train = self.x_train[:cfg["train_size"]]
-                self.y_train = self.y_train[:cfg["train_size"]]
-            n_test = min(cfg.get("test_size") or len(data["y_test"]), len(data["y_test"]))
-            self.x_test = pixel_sequences(data["x_test"][:n_test], self.perm)
-            self.y_test = data["y_test"][:n_test]
-            self.T = self.x_train.shape[1]
-            self.batch = cfg["batch"]
-            self.steps_per_epoch = len(self.y_train) // self.batch
-            if self.steps_per_epoch < 1:
-                raise ValueError(f"--batch {self.batch} is larger than the training set "
-                                 f"({len(self.y_train)} images)")
-            self._epoch, self._order = None, None
-            self._seed = seed
+    def __init__(self, cfg: RunConfig):
+        nr._check_choice("task", cfg.task, TASKS)
+        self.name, self._seed = cfg.task, cfg.seed
+        if cfg.regression:
+            self._init_marked(cfg)
         else:
-            raise ValueError(f"task must be adding, multiply, mnist or digits, got {name!r}")
+            self._init_images(cfg)
+
+    def _init_marked(self, cfg):
+        self.gen = adding_problem if cfg.task == "adding" else multiplication_problem
+        self.n_in, self.n_out, self.loss = 2, 1, "mse"
+        self.T = cfg.seq_len
+        self.baseline = ADDING_BASELINE_MSE if cfg.task == "adding" else MULTIPLY_BASELINE_MSE
+        # The test set comes from its own stream, so it is the same for every scheme and
+        # across --resume; the training stream is the checkpointed data rng.
+        self.x_test, self.y_test = self.gen(cfg.test_size, self.T,
+                                            np.random.default_rng([cfg.seed, 2]))
+        self.steps_per_epoch = None
+
+    def _init_images(self, cfg):
+        self.n_in, self.n_out, self.loss = 1, 10, "xent"
+        if cfg.task == "pixel":
+            data = load_pixel_dataset(cfg.dataset, cfg.data)
+        else:
+            data = load_digits_data(np.random.default_rng(0))
+        self.perm = None
+        if cfg.permuted:
+            self.perm = np.random.default_rng(0).permutation(data["x_train"].shape[1])
+        self.x_train, self.y_train = data["x_train"], data["y_train"]
+        if cfg.train_size:
+            self.x_train = self.x_train[:cfg.train_size]
+            self.y_train = self.y_train[:cfg.train_size]
+        n_test = min(cfg.test_size or len(data["y_test"]), len(data["y_test"]))
+        self.x_test = pixel_sequences(data["x_test"][:n_test], self.perm)
+        self.y_test = data["y_test"][:n_test]
+        self.T = self.x_train.shape[1]
+        self.steps_per_epoch = len(self.y_train) // cfg.batch
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"batch {cfg.batch} is larger than the training set "
+                             f"({len(self.y_train)} images)")
+        self._epoch, self._order = None, None
 
     def batch_for(self, rng, step, batch):
         """The training batch of 0-based step ``step``. Regression: drawn from rng.
@@ -530,14 +597,14 @@ def evaluate(params, task, nonlinearity, max_elems=4_000_000):
 
 
 # --- Checkpoints -----------------------------------------------------------------------
-
-def save_checkpoint(path, params, velocity, step, config, rng):
+def save_checkpoint(path, params, velocity, step, config, rng, history=None):
     """Write a checkpoint .npz (format "nprnn-ref-checkpoint/1"), atomically.
 
     Keys: W_hx, W_hh, b_h, W_yh, b_y; velocity_<name> for each (zeros when velocity is
     None, which sgd_step treats identically); step (0-d int64); config (0-d str, JSON with
     at least CHECKPOINT_CONFIG_KEYS); rng_state (0-d str, JSON of rng.bit_generator.state);
-    format (0-d str). Everything loads with allow_pickle=False.
+    format (0-d str); and, when given, history (0-d str, JSON: the run's evaluations so
+    far, which a resumed run continues). Everything loads with allow_pickle=False.
     """
     nr.check_params(params)
     step = nr._check_size("step", step, minimum=0)
@@ -548,6 +615,8 @@ def save_checkpoint(path, params, velocity, step, config, rng):
         raise ValueError(f"config is missing {', '.join(missing)}")
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    if history is not None and not isinstance(history, dict):
+        raise TypeError(f"history must be a dict or None, got {type(history).__name__}")
     arrays = {k: params[k] for k in nr.PARAM_NAMES}
     for k in nr.PARAM_NAMES:
         v = np.zeros_like(params[k]) if velocity is None else velocity[k]
@@ -559,24 +628,22 @@ def save_checkpoint(path, params, velocity, step, config, rng):
     arrays["config"] = np.array(json.dumps(config, sort_keys=True))
     arrays["rng_state"] = np.array(json.dumps(rng.bit_generator.state))
     arrays["format"] = np.array(CHECKPOINT_FORMAT)
+    if history is not None:
+        arrays["history"] = np.array(json.dumps(history))
     path = os.fspath(path)
-    tmp = path + ".partial"
+    tmp = f"{path}.{os.getpid()}.partial"
     with open(tmp, "wb") as f:
         np.savez(f, **arrays)
     os.replace(tmp, path)
 
 
-def load_checkpoint(path):
-    """Read and validate a checkpoint written by save_checkpoint (allow_pickle=False).
+_CHECKPOINT_ARRAYS = (list(nr.PARAM_NAMES) + ["velocity_" + k for k in nr.PARAM_NAMES]
+                      + ["step", "config", "rng_state"])
 
-    Returns dict(params=..., velocity=..., step=int, config=dict, rng=np.random.Generator
-    in the saved state). A damaged or foreign file raises ValueError saying what is wrong.
-    """
+
+def _read_checkpoint_arrays(path, bad):
+    """The arrays of a checkpoint file (history too, when present), format checked."""
     import zipfile
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    bad = f"{path} is not an nprnn-ref checkpoint"
     try:
         with np.load(path, allow_pickle=False) as z:
             if not hasattr(z, "files"):
@@ -587,18 +654,53 @@ def load_checkpoint(path):
             if fmt.shape != () or fmt.dtype.kind != "U" or str(fmt) != CHECKPOINT_FORMAT:
                 got = repr(str(fmt)) if fmt.shape == () else f"an array of shape {fmt.shape}"
                 raise ValueError(f"{bad}: format must be {CHECKPOINT_FORMAT!r}, got {got}")
-            need = (list(nr.PARAM_NAMES) + ["velocity_" + k for k in nr.PARAM_NAMES]
-                    + ["step", "config", "rng_state"])
-            missing = [k for k in need if k not in z.files]
+            missing = [k for k in _CHECKPOINT_ARRAYS if k not in z.files]
             if missing:
                 raise ValueError(f"{bad}: missing {', '.join(missing)}")
-            a = {k: z[k] for k in need}
+            return {k: z[k] for k in _CHECKPOINT_ARRAYS + ["history"] if k in z.files}
     except (OSError, EOFError, zipfile.BadZipFile) as e:
         raise ValueError(f"{bad}: damaged or unreadable .npz ({e})") from None
     except ValueError as e:
         if str(e).startswith(path):
             raise
         raise ValueError(f"{bad}: damaged or unreadable .npz ({e})") from None
+
+
+def _json_entry(a, key, bad):
+    """A 0-d JSON string entry of a checkpoint, decoded."""
+    if a[key].shape != () or a[key].dtype.kind != "U":
+        raise ValueError(f"{bad}: {key} must be a 0-d JSON string, got {a[key]!r}")
+    try:
+        return json.loads(str(a[key]))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{bad}: {key} is not valid JSON ({e})") from None
+
+
+def _rng_from_state(state, bad):
+    try:
+        bitgen = getattr(np.random, state["bit_generator"])
+        if not (isinstance(bitgen, type) and issubclass(bitgen, np.random.BitGenerator)):
+            raise ValueError(state["bit_generator"])
+        bg = bitgen()
+        bg.state = state
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise ValueError(f"{bad}: rng_state is not a numpy bit generator state ({e!r})") \
+            from None
+    return np.random.Generator(bg)
+
+
+def load_checkpoint(path):
+    """Read and validate a checkpoint written by save_checkpoint (allow_pickle=False).
+
+    Returns dict(params=..., velocity=..., step=int, config=dict, rng=np.random.Generator
+    in the saved state, history=dict or None). A damaged or foreign file raises
+    ValueError saying what is wrong.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    bad = f"{path} is not an nprnn-ref checkpoint"
+    a = _read_checkpoint_arrays(path, bad)
     params = {k: a[k] for k in nr.PARAM_NAMES}
     try:
         nr.check_params(params)
@@ -616,39 +718,27 @@ def load_checkpoint(path):
     step = a["step"]
     if step.shape != () or step.dtype.kind not in "iu" or int(step) < 0:
         raise ValueError(f"{bad}: step must be a 0-d integer >= 0, got {step!r}")
-    for key in ("config", "rng_state"):
-        if a[key].shape != () or a[key].dtype.kind != "U":
-            raise ValueError(f"{bad}: {key} must be a 0-d JSON string, got {a[key]!r}")
-    try:
-        config = json.loads(str(a["config"]))
-        state = json.loads(str(a["rng_state"]))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{bad}: config or rng_state is not valid JSON ({e})") from None
+    config = _json_entry(a, "config", bad)
     if not isinstance(config, dict):
         raise ValueError(f"{bad}: config must be a JSON object, got {config!r}")
     missing = [k for k in CHECKPOINT_CONFIG_KEYS if k not in config]
     if missing:
         raise ValueError(f"{bad}: config is missing {', '.join(missing)}")
-    try:
-        bitgen = getattr(np.random, state["bit_generator"])
-        if not (isinstance(bitgen, type) and issubclass(bitgen, np.random.BitGenerator)):
-            raise ValueError(state["bit_generator"])
-        bg = bitgen()
-        bg.state = state
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
-        raise ValueError(f"{bad}: rng_state is not a numpy bit generator state ({e!r})") \
-            from None
+    history = _json_entry(a, "history", bad) if "history" in a else None
+    if history is not None and not isinstance(history, dict):
+        raise ValueError(f"{bad}: history must be a JSON object, got {type(history).__name__}")
     return {"params": params, "velocity": velocity, "step": int(step), "config": config,
-            "rng": np.random.Generator(bg)}
+            "rng": _rng_from_state(_json_entry(a, "rng_state", bad), bad),
+            "history": history}
 
 
 # --- The training loop -----------------------------------------------------------------
 
-def run_label(cfg):
+def run_label(cfg: RunConfig) -> str:
     """A short name of one run: scheme, seed, and lr/clip when they vary in a sweep."""
-    s = f"{cfg['scheme']} s{cfg['seed']}"
-    if cfg.get("label_hp"):
-        s += f" lr{cfg['lr']:g} c{format(cfg['clip'], 'g') if cfg['clip'] else 'none'}"
+    s = f"{cfg.scheme} s{cfg.seed}"
+    if cfg.label_hp:
+        s += f" lr{cfg.lr:g} c{format(cfg.clip, 'g') if cfg.clip else 'none'}"
     return s
 
 
@@ -656,135 +746,197 @@ def _all_finite(arrays):
     return all(np.all(np.isfinite(a)) for a in arrays)
 
 
-def train_run(cfg, report=None, report_every=0.5):
+def _checkpoint_config(cfg: RunConfig, task: _Task) -> dict:
+    """What a checkpoint records of its run (CHECKPOINT_CONFIG_KEYS and a few more)."""
+    c = {"task": cfg.task, "scheme": cfg.scheme,
+         "nonlinearity": nr.SCHEMES[cfg.scheme].nonlinearity, "seq_len": task.T,
+         "hidden": cfg.hidden, "lr": cfg.lr, "momentum": cfg.momentum, "clip": cfg.clip,
+         "batch": cfg.batch, "seed": cfg.seed, "permuted": cfg.permuted,
+         "inputs": cfg.inputs, "train_size": cfg.train_size}
+    if cfg.task == "pixel":
+        c["dataset"] = cfg.dataset
+    return c
+
+
+def _saved_config(config: dict) -> dict:
+    """A checkpoint's config in today's names: the former task name "mnist" is the pixel
+    task on MNIST; checkpoints older than input recipes used each scheme's own."""
+    c = dict(config)
+    if c.get("task") == "mnist":
+        c.update(task="pixel", dataset=c.get("dataset", "mnist"))
+    c.setdefault("inputs", "scheme")
+    return c
+
+
+def _start(cfg: RunConfig, task: _Task, ck_cfg: dict, total: int):
+    """(params, velocity, first step, data rng, history or None): fresh, or from
+    cfg.resume after checking that it is a checkpoint of this run."""
+    if not cfg.resume:
+        params = nr.init_params(task.n_in, cfg.hidden, task.n_out, cfg.scheme,
+                                np.random.default_rng([cfg.seed, 0]), inputs=cfg.inputs)
+        return params, None, 0, np.random.default_rng([cfg.seed, 1]), None
+    ck = load_checkpoint(cfg.resume)
+    saved = _saved_config(ck["config"])
+    for k in CHECKPOINT_CONFIG_KEYS + ("dataset", "inputs"):
+        if k in ck_cfg and saved.get(k) != ck_cfg[k]:
+            raise ValueError(f"checkpoint {cfg.resume} has {k}={saved.get(k)!r} but this "
+                             f"run has {k}={ck_cfg[k]!r}")
+    if ck["step"] > total:
+        raise ValueError(f"checkpoint {cfg.resume} is at step {ck['step']}, beyond the "
+                         f"{total} steps asked for")
+    return ck["params"], ck["velocity"], ck["step"], ck["rng"], ck.get("history")
+
+
+class _History:
+    """A run's evaluations and what is read from them: the curve, the best test metric,
+    the first step below target_mse, the paper's metric at its best, the training losses
+    since the last evaluation, and time. Carried in checkpoints, so that a resumed run
+    continues it."""
+
+    def __init__(self, cfg: RunConfig, saved=None):
+        self.cfg, self.key = cfg, ("mse" if cfg.regression else "accuracy")
+        s = saved or {}
+        self.curve = s.get("curve", [])
+        self.best, self.best_within = s.get("best"), s.get("best_within")
+        self.steps_to_target = s.get("steps_to_target")
+        self.window = s.get("window", [])
+        self.train_seconds = s.get("train_seconds", 0.0)
+        self.wall_seconds = s.get("wall_seconds", 0.0)
+        self.last_metric = self.curve[-1]["test_" + self.key] if self.curve else None
+
+    def record(self, step, m, eval_every):
+        """One evaluation at ``step``, with the mean of the last ``eval_every`` training
+        losses (those since the last evaluation, when the step is on the grid)."""
+        self.window = self.window[-eval_every:]
+        train_loss = float(np.mean(self.window)) if self.window else None
+        v = self.last_metric = m[self.key]
+        if self.best is None or (v < self.best if self.cfg.regression else v > self.best):
+            self.best = v
+        if self.cfg.regression:
+            if self.best_within is None or m["within"] > self.best_within:
+                self.best_within = m["within"]
+            if self.steps_to_target is None and v < self.cfg.target_mse:
+                self.steps_to_target = step
+        self.curve.append({"step": step, "train_loss": train_loss,
+                           **{"test_" + k: x for k, x in m.items()}})
+
+    def state(self) -> dict:
+        return {"curve": self.curve, "best": self.best, "best_within": self.best_within,
+                "steps_to_target": self.steps_to_target, "window": self.window,
+                "train_seconds": self.train_seconds, "wall_seconds": self.wall_seconds}
+
+
+def train_run(cfg: RunConfig, report=None, report_every=0.5):
     """Train one network by SGD with BPTT; return (record, curve).
 
-    cfg: task, scheme, seq_len, hidden, steps (or epochs for mnist/digits), batch, lr,
-    momentum, clip (None: no clipping), seed, eval_every, test_size, target_mse, and
-    optionally save (checkpoint path, rewritten at every evaluation and at the end),
-    resume (checkpoint path), data, permuted, train_size.
-    Streams from the seed: init (seed, 0), training batches (seed, 1), test set (seed, 2),
-    so every scheme sees the same data. After each step the loss (and the new parameters)
+    The checkpoint cfg.save is rewritten at every evaluation and at the end; a run
+    resumed from it (cfg.resume) continues its history, so its record and curve equal an
+    uninterrupted run's, timing aside. After each step the loss and the new parameters
     are checked: anything NaN or infinite stops the run as diverged at that step.
     report(dict) is called about every report_every seconds with the progress.
     """
+    t_wall0 = time.perf_counter()
     task = _Task(cfg)
-    nonlin = nr.SCHEMES[cfg["scheme"]].nonlinearity
-    total = cfg["steps"] if cfg.get("steps") else cfg["epochs"] * task.steps_per_epoch
-    eval_every = cfg.get("eval_every") or task.steps_per_epoch or 500
-    ck_cfg = {"task": cfg["task"], "scheme": cfg["scheme"], "nonlinearity": nonlin,
-              "seq_len": task.T, "hidden": cfg["hidden"], "lr": cfg["lr"],
-              "momentum": cfg["momentum"], "clip": cfg["clip"], "batch": cfg["batch"],
-              "seed": cfg["seed"], "permuted": bool(cfg.get("permuted")),
-              "inputs": cfg.get("inputs", "scheme"),
-              "train_size": cfg.get("train_size")}
-    if cfg.get("resume"):
-        ck = load_checkpoint(cfg["resume"])
-        for k in CHECKPOINT_CONFIG_KEYS:
-            if k in ck_cfg and ck["config"].get(k) != ck_cfg[k]:
-                raise ValueError(f"checkpoint {cfg['resume']} has {k}={ck['config'].get(k)!r}"
-                                 f" but this run has {k}={ck_cfg[k]!r}")
-        # Checkpoints written before input recipes existed used each scheme's own.
-        if ck["config"].get("inputs", "scheme") != ck_cfg["inputs"]:
-            raise ValueError(f"checkpoint {cfg['resume']} has inputs="
-                             f"{ck['config'].get('inputs', 'scheme')!r} but this run has "
-                             f"inputs={ck_cfg['inputs']!r}")
-        params, velocity, start, rng = ck["params"], ck["velocity"], ck["step"], ck["rng"]
-        if start > total:
-            raise ValueError(f"checkpoint {cfg['resume']} is at step {start}, beyond "
-                             f"the {total} steps asked for")
-    else:
-        params = nr.init_params(task.n_in, cfg["hidden"], task.n_out, cfg["scheme"],
-                                np.random.default_rng([cfg["seed"], 0]),
-                                inputs=cfg.get("inputs", "scheme"))
-        velocity, start, rng = None, 0, np.random.default_rng([cfg["seed"], 1])
-    regression = task.loss == "mse"
-    key = "mse" if regression else "accuracy"
-    curve, best, steps_to_target, diverged_at, best_within = [], None, None, None, None
-    train_time, t_wall0, last_report = 0.0, time.perf_counter(), 0.0
-    window, last_metric, step = [], None, start
+    total = cfg.steps if cfg.regression else cfg.epochs * task.steps_per_epoch
+    eval_every = cfg.eval_every or task.steps_per_epoch or 500
+    ck_cfg = _checkpoint_config(cfg, task)
+    params, velocity, start, rng, saved = _start(cfg, task, ck_cfg, total)
+    hist = _History(cfg, saved)
+    wall0 = hist.wall_seconds
+    nonlin = nr.SCHEMES[cfg.scheme].nonlinearity
+    progress = _Reporter(report, report_every, run_label(cfg), start, total,
+                         "test " + hist.key, hist.train_seconds)
 
-    def do_eval(step, train_loss):
-        nonlocal best, steps_to_target, last_metric, best_within
-        m = evaluate(params, task, nonlin)
-        last_metric = m[key]
-        if regression and (best_within is None or m["within"] > best_within):
-            best_within = m["within"]
-        better = best is None or (m[key] < best if regression else m[key] > best)
-        best = m[key] if better else best
-        if regression and steps_to_target is None and m[key] < cfg["target_mse"]:
-            steps_to_target = step
-        curve.append({"step": step, "train_loss": train_loss, **{"test_" + k: v
-                                                                 for k, v in m.items()}})
+    def checkpoint(step):
+        hist.wall_seconds = wall0 + time.perf_counter() - t_wall0
+        if cfg.save:
+            save_checkpoint(cfg.save, params, velocity, step, ck_cfg, rng, hist.state())
 
-    def emit(step, force=False):
-        nonlocal last_report
-        now = time.perf_counter()
-        if report is None or (not force and now - last_report < report_every):
-            return
-        last_report = now
-        sps = (step - start) / train_time if train_time > 0 else 0.0
-        report({"run": run_label(cfg), "step": step, "total": total, "sps": sps,
-                "loss": float(np.mean(window[-200:])) if window else None,
-                "metric": last_metric, "metric_name": "test " + key,
-                "eta": (total - step) / sps if sps > 0 else None})
-
+    if saved is None:
+        hist.record(start, evaluate(params, task, nonlin), eval_every)
+    diverged_at, step = None, start
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        do_eval(start, None)
         for step in range(start + 1, total + 1):
             t0 = time.perf_counter()
-            x, target = task.batch_for(rng, step - 1, cfg["batch"])
+            x, target = task.batch_for(rng, step - 1, cfg.batch)
             L, grads = nr.loss_and_grads(params, x, target, loss=task.loss, output="last",
                                          nonlinearity=nonlin)
             if not np.isfinite(L):
                 diverged_at = step
                 break
-            if cfg["clip"]:
-                grads, _ = nr.clip_grads(grads, cfg["clip"])
-            params_new, velocity = nr.sgd_step(params, grads, velocity, cfg["lr"],
-                                               cfg["momentum"])
+            if cfg.clip:
+                grads, _ = nr.clip_grads(grads, cfg.clip)
+            params_new, velocity = nr.sgd_step(params, grads, velocity, cfg.lr,
+                                               cfg.momentum)
             if not _all_finite(params_new.values()):
                 diverged_at = step
                 break
             params = params_new
-            train_time += time.perf_counter() - t0
-            window.append(float(L))
+            hist.train_seconds += time.perf_counter() - t0
+            hist.window.append(float(L))
             if step % eval_every == 0 or step == total:
-                do_eval(step, float(np.mean(window[-eval_every:])))
-                if cfg.get("save"):
-                    save_checkpoint(cfg["save"], params, velocity, step, ck_cfg, rng)
-                emit(step, force=True)
+                hist.record(step, evaluate(params, task, nonlin), eval_every)
+                checkpoint(step)
+                progress(step, hist, force=True)
             else:
-                emit(step)
+                progress(step, hist)
+    hist.wall_seconds = wall0 + time.perf_counter() - t_wall0
     done = (diverged_at - 1 if diverged_at else total) - start
-    final = curve[-1]["test_" + key] if curve else None
+    progress(start + done, hist, force=True)
+    return _run_record(cfg, task, hist, total, start, done, eval_every, diverged_at), \
+        hist.curve
+
+
+class _Reporter:
+    """Calls report(progress dict) at most every ``every`` seconds (always when forced)."""
+
+    def __init__(self, report, every, label, start, total, metric_name, train0=0.0):
+        self.report, self.every, self.label = report, every, label
+        self.start, self.total, self.metric_name = start, total, metric_name
+        self.train0, self.last = train0, 0.0
+
+    def __call__(self, step, hist, force=False):
+        now = time.perf_counter()
+        if self.report is None or (not force and now - self.last < self.every):
+            return
+        self.last = now
+        seconds = hist.train_seconds - self.train0             # this part's training time
+        self.report({"run": self.label, "step": step, "total": self.total,
+                     "sps": (step - self.start) / seconds if seconds > 0 else 0.0,
+                     "seconds": seconds,
+                     "loss": float(np.mean(hist.window[-200:])) if hist.window else None,
+                     "metric": hist.last_metric, "metric_name": self.metric_name})
+
+
+def _run_record(cfg, task, hist, total, start, done, eval_every, diverged_at) -> dict:
+    """The record of a finished run: its configuration, final and best metrics, time."""
+    key = hist.key
+    final = hist.curve[-1]["test_" + key] if hist.curve else None
     record = {
-        "task": cfg["task"], "scheme": cfg["scheme"], "nonlinearity": nonlin,
-        "inputs": cfg.get("inputs", "scheme"),
-        "seed": cfg["seed"], "lr": cfg["lr"], "momentum": cfg["momentum"],
-        "clip": cfg["clip"], "batch": cfg["batch"], "hidden": cfg["hidden"],
-        "seq_len": task.T, "steps": total, "start_step": start,
-        "steps_done": done, "eval_every": eval_every,
-        "test_size": int(task.x_test.shape[1]),
-        "diverged_at": diverged_at,
-        "wall_seconds": time.perf_counter() - t_wall0,
-        "train_seconds": train_time,
-        "steps_per_second": done / train_time if train_time > 0 else None,
+        "task": cfg.task, "scheme": cfg.scheme,
+        "nonlinearity": nr.SCHEMES[cfg.scheme].nonlinearity, "inputs": cfg.inputs,
+        "seed": cfg.seed, "lr": cfg.lr, "momentum": cfg.momentum, "clip": cfg.clip,
+        "batch": cfg.batch, "hidden": cfg.hidden, "seq_len": task.T, "steps": total,
+        "start_step": start, "steps_done": done, "eval_every": eval_every,
+        "test_size": int(task.x_test.shape[1]), "diverged_at": diverged_at,
+        "wall_seconds": hist.wall_seconds, "train_seconds": hist.train_seconds,
+        "steps_per_second": ((start + done) / hist.train_seconds
+                             if hist.train_seconds > 0 else None),   # over all parts
     }
-    if regression:
-        record.update(final_test_mse=final, best_test_mse=best,
-                      final_test_within=curve[-1]["test_within"] if curve else None,
-                      best_test_within=best_within,
-                      target_mse=cfg["target_mse"], steps_to_target=steps_to_target,
-                      baseline_mse=task.baseline)
+    if cfg.regression:
+        record.update(final_test_mse=final, best_test_mse=hist.best,
+                      final_test_within=hist.curve[-1]["test_within"] if hist.curve else None,
+                      best_test_within=hist.best_within, target_mse=cfg.target_mse,
+                      steps_to_target=hist.steps_to_target, baseline_mse=task.baseline)
     else:
-        record.update(final_test_accuracy=final, best_test_accuracy=best,
-                      epochs=cfg.get("epochs"), steps_to_target=None,
-                      final_test_loss=curve[-1]["test_loss"] if curve else None)
-    if cfg.get("permuted"):
+        record.update(final_test_accuracy=final, best_test_accuracy=hist.best,
+                      epochs=cfg.epochs, steps_to_target=None,
+                      final_test_loss=hist.curve[-1]["test_loss"] if hist.curve else None)
+    if cfg.permuted:
         record["permuted"] = True
-    emit(start + done, force=True)
-    return record, curve
+    if cfg.task == "pixel":
+        record["dataset"] = cfg.dataset
+    return record
 
 
 # --- Many runs: in this process, or in worker processes (one BLAS thread each) ---------
@@ -797,29 +949,71 @@ def _fmt_time(s):
         f"{s // 60}:{s % 60:02d}"
 
 
+ETA_AFTER_SECONDS = 20.0     # a run's rate is trusted once it has trained this long
+
+
 class Progress:
     """Live progress of several runs: one line rewritten with \\r on a terminal, plain
-    lines at most every ``every`` seconds per run otherwise."""
+    lines at most every ``every`` seconds per run otherwise.
 
-    def __init__(self, stream=None, every=30.0, tty=None):
+    Each run's ETA, and the job's overall ETA, appear once the rate they rest on has
+    been measured over ETA_AFTER_SECONDS of training (the first steps include warm-up):
+    the job's from the remaining steps of every run in ``plan`` ({label: total steps}),
+    at the mean measured rate for runs not yet started, shared among ``jobs`` processes.
+    """
+
+    def __init__(self, stream=None, every=30.0, tty=None, plan=None, jobs=1):
         self.stream = stream if stream is not None else sys.stderr
         self.tty = self.stream.isatty() if tty is None else tty
-        self.every = every
-        self.status, self.printed, self.width = {}, {}, 0
+        self.every, self.plan, self.jobs = every, dict(plan or {}), jobs
+        self.status, self.printed, self.width, self.finished = {}, {}, 0, set()
+        self.rates = {}                           # the last trusted rate of every run
 
     @staticmethod
-    def text(m):
+    def _rate(m):
+        return m["sps"] if m.get("seconds", 0.0) >= ETA_AFTER_SECONDS and m["sps"] > 0 \
+            else None
+
+    def eta(self, m):
+        r = self._rate(m)
+        return (m["total"] - m["step"]) / r if r else None
+
+    def job_eta(self):
+        """Seconds left for the whole plan, or None while no rate is trusted yet."""
+        rates = list(self.rates.values())
+        if not self.plan or not rates:
+            return None
+        mean_rate, left, unfinished = sum(rates) / len(rates), 0.0, 0
+        for label, total in self.plan.items():
+            if label in self.finished:
+                continue
+            unfinished += 1
+            m = self.status.get(label)
+            rate = (self._rate(m) or mean_rate) if m else mean_rate
+            left += (total - (m["step"] if m else 0)) / rate
+        return left / max(1, min(self.jobs, unfinished))
+
+    def text(self, m):
         loss = "-" if m["loss"] is None else f"{m['loss']:.4g}"
         met = "-" if m["metric"] is None else f"{m['metric']:.4g}"
         return (f"{m['run']}: {m['step']}/{m['total']} {m['sps']:.0f} steps/s loss {loss} "
-                f"{m['metric_name']} {met} ETA {_fmt_time(m['eta'])}")
+                f"{m['metric_name']} {met} ETA {_fmt_time(self.eta(m))}")
+
+    def _job_text(self):
+        if not self.plan:
+            return ""
+        return (f"job {len(self.finished)}/{len(self.plan)} runs done, ETA "
+                f"{_fmt_time(self.job_eta())}")
 
     def update(self, m):
         self.status[m["run"]] = m
+        if self._rate(m):
+            self.rates[m["run"]] = self._rate(m)
         if self.tty:
             import shutil
             cols = shutil.get_terminal_size((120, 20)).columns - 1
-            line = " | ".join(self.text(v) for v in self.status.values())[:cols]
+            parts = [self._job_text()] if self.plan else []
+            line = " | ".join(parts + [self.text(v) for v in self.status.values()])[:cols]
             self.stream.write("\r" + line.ljust(self.width))
             self.width = len(line)
             self.stream.flush()
@@ -827,11 +1021,13 @@ class Progress:
             now = time.monotonic()
             if now - self.printed.get(m["run"], -1e9) >= self.every:
                 self.printed[m["run"]] = now
-                print(self.text(m), file=self.stream, flush=True)
+                job = f" ({self._job_text()})" if self.plan else ""
+                print(self.text(m) + job, file=self.stream, flush=True)
 
     def done(self, label, record=None, error=None):
         """Run ``label`` has ended: with its record, or with an error message."""
         self.status.pop(label, None)
+        self.finished.add(label)
         if self.tty and self.width:
             self.stream.write("\r" + " " * self.width + "\r")
             self.width = 0
@@ -985,7 +1181,7 @@ def _pyplot():
     try:
         import matplotlib
     except ImportError:
-        raise ImportError(MATPLOTLIB_MISSING) from None
+        raise MissingPackage(MATPLOTLIB_MISSING) from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
@@ -1093,7 +1289,7 @@ TASK_DEFAULTS = {
                "eval_every": 500, "test_size": 1000, "seeds": 3},
     "multiply": {"seq_len": 50, "steps": 30000, "lr": 0.01, "momentum": 0.0, "clip": 10.0,
                  "eval_every": 500, "test_size": 1000, "seeds": 3},
-    "mnist": {"epochs": 100, "lr": 1e-4, "momentum": 0.0, "clip": 1.0,
+    "pixel": {"epochs": 100, "lr": 1e-4, "momentum": 0.0, "clip": 1.0,
               "eval_every": None, "test_size": 10000, "seeds": 1},
     "digits": {"epochs": 100, "lr": 0.1, "momentum": 0.0, "clip": 1.0,
                "eval_every": None, "test_size": None, "seeds": 1},
@@ -1104,7 +1300,8 @@ _CLIP_DEFAULT = -1.0      # --clip not given (argparse would parse a string defa
 
 
 def _clip_arg(text):
-    if text.lower() in ("none", "0", "inf"):
+    """--clip: a number > 0, or 'none' for no clipping."""
+    if text.lower() == "none":
         return None
     try:
         v = float(text)
@@ -1153,48 +1350,7 @@ def _float_list(parse):
 
 def _check_new_paths(paths, force):
     """Refuse to overwrite: every existing path in ``paths`` is an error without --force."""
-    for p in paths:
-        if p and os.path.exists(p) and not force:
-            raise SystemExit(f"tasks.py: error: {p} already exists; pass --force to "
-                             "overwrite it, or choose another path")
-
-
-def _run_configs(args, task):
-    d = TASK_DEFAULTS[task]
-    base = {"task": task, "hidden": args.hidden, "batch": args.batch,
-            "target_mse": args.target_mse, "inputs": args.inputs,
-            "eval_every": args.eval_every if args.eval_every else d["eval_every"],
-            "test_size": args.test_size if args.test_size else d["test_size"]}
-    for k in ("lr", "momentum"):
-        base[k] = getattr(args, k) if getattr(args, k) is not None else d[k]
-    base["clip"] = d["clip"] if args.clip == _CLIP_DEFAULT else args.clip
-    if task in ("adding", "multiply"):
-        base["seq_len"] = args.seq_len or d["seq_len"]
-        base["steps"] = args.steps or d["steps"]
-    else:
-        base["seq_len"] = None
-        base["epochs"] = args.epochs or d["epochs"]
-        base["train_size"] = args.train_size
-        base["permuted"] = getattr(args, "permuted", False)
-        base["data"] = getattr(args, "data", None)
-    return base
-
-
-def _expand(base, schemes, seeds, lrs=None, clips=None, save_dir=None):
-    cfgs = []
-    for lr in lrs or [base["lr"]]:
-        for clip in clips or [base["clip"]]:
-            for seed in seeds:
-                for s in schemes:
-                    c = dict(base, scheme=s, seed=seed, lr=lr, clip=clip,
-                             label_hp=lrs is not None)
-                    if save_dir:
-                        name = f"{base['task']}_{s}_seed{seed}"
-                        if lrs is not None:
-                            name += f"_lr{lr:g}_clip{clip if clip else 'none'}"
-                        c["save"] = os.path.join(save_dir, name + ".npz")
-                    cfgs.append(c)
-    return cfgs
+    _check_outputs(paths, force)
 
 
 def _collect(results):
@@ -1208,209 +1364,298 @@ def _collect(results):
     return records, curves, failed
 
 
-def cmd_experiment(args):
-    task = args.command if args.command != "sweep" else args.task
-    base = _run_configs(args, task)
-    t0 = time.perf_counter()
-    if args.resume:
-        try:
-            ck = load_checkpoint(args.resume)
-        except (OSError, ValueError) as e:
-            raise SystemExit(f"tasks.py: error: --resume: {e}") from None
-        c = ck["config"]
-        if c.get("task") != task:
-            raise SystemExit(f"tasks.py: error: --resume {args.resume} is a checkpoint of "
-                             f"task {c.get('task')!r}, not {task!r}")
-        base["inputs"] = c.get("inputs", "scheme")      # older checkpoints: the scheme's own
-        for k in ("lr", "momentum", "clip", "batch", "hidden", "seq_len"):
-            if k in c and not (k == "seq_len" and task in ("mnist", "digits")):
-                base[k] = c[k]
-        base["permuted"] = c.get("permuted", False) if task in ("mnist", "digits") else None
-        cfgs = [dict(base, scheme=c["scheme"], seed=c["seed"], resume=args.resume)]
-        if args.save:
-            cfgs[0]["save"] = args.save if args.save.endswith(".npz") else \
-                os.path.join(args.save, os.path.basename(args.resume))
-        print(f"resuming {run_label(cfgs[0])} from step {ck['step']} of {args.resume}",
-              flush=True)
-    elif args.command == "sweep":
-        seeds = list(range(args.seed, args.seed + (args.seeds or SWEEP_DEFAULTS["seeds"])))
-        base["steps"] = args.steps or SWEEP_DEFAULTS["steps"]
-        base["seq_len"] = args.seq_len or SWEEP_DEFAULTS["seq_len"]
-        cfgs = _expand(base, args.schemes, seeds, args.lrs or list(SWEEP_DEFAULTS["lrs"]),
-                       args.clips or list(SWEEP_DEFAULTS["clips"]), save_dir=args.save)
+def _experiment_task(command, args):
+    """The task a command trains: mnist is an alias of pixel --dataset mnist."""
+    if command == "sweep":
+        return args.task
+    return "pixel" if command == "mnist" else command
+
+
+# Settings of a run that a command line may give, and that a checkpoint also records.
+_RESUMABLE = ("hidden", "batch", "lr", "momentum", "clip", "seq_len", "inputs", "dataset",
+              "permuted", "train_size")
+
+
+def _given(args, name):
+    """The value of option ``name`` when the user gave it, else None."""
+    v = getattr(args, name, None)
+    return None if (v is None or (name == "clip" and v == _CLIP_DEFAULT)) else v
+
+
+def _base_settings(args, task) -> dict:
+    """RunConfig fields shared by the runs of a command: given options, else defaults."""
+    d = TASK_DEFAULTS[task]
+    sweep = args.command == "sweep"
+    pick = (lambda k, default: default if _given(args, k) is None else _given(args, k))
+    base = {"task": task, "hidden": pick("hidden", 100), "batch": pick("batch", 16),
+            "lr": pick("lr", d["lr"]), "momentum": pick("momentum", d["momentum"]),
+            "clip": pick("clip", d["clip"]), "inputs": pick("inputs", "paper"),
+            "eval_every": pick("eval_every", d["eval_every"]),
+            "test_size": pick("test_size", d["test_size"])}
+    if task in ("adding", "multiply"):
+        base.update(seq_len=pick("seq_len", SWEEP_DEFAULTS["seq_len"] if sweep
+                                 else d["seq_len"]),
+                    steps=pick("steps", SWEEP_DEFAULTS["steps"] if sweep else d["steps"]),
+                    target_mse=pick("target_mse", 0.01))
     else:
-        seeds = list(range(args.seed, args.seed + (args.seeds or
-                                                   TASK_DEFAULTS[task]["seeds"])))
-        cfgs = _expand(base, args.schemes, seeds, save_dir=args.save)
-    if task == "mnist":                              # say what is missing before any run
-        try:
-            load_mnist(base["data"])
-        except (OSError, ValueError) as e:
-            raise SystemExit(f"tasks.py: error: {e}") from None
-    plot = None
-    if args.plot is not None:
-        plot = args.plot or (os.path.join(args.out, f"{args.command}.png") if args.out
-                             else f"{args.command}.png")
-    news = [args.out, plot if not (args.out and plot and plot.startswith(args.out)) else None]
-    if not args.resume:
-        news += [c.get("save") for c in cfgs]
-    _check_new_paths(news, args.force)
-    try:                                            # fail now, not after the runs
-        if plot:
-            _pyplot()
+        base.update(epochs=pick("epochs", d["epochs"]), train_size=_given(args, "train_size"),
+                    permuted=bool(_given(args, "permuted")))
+        if task == "pixel":
+            base.update(dataset=pick("dataset", "fashion-mnist"), data=_given(args, "data"))
+    return base
+
+
+def _resume_config(args, task, base) -> RunConfig:
+    """The run of --resume: its checkpoint's settings; an option given explicitly that
+    contradicts them is a usage error."""
+    _refuse_explicit(args, ["--schemes", "--seed", "--seeds"],
+                     "with --resume (the checkpoint fixes the scheme and seed)")
+    try:
+        ck = load_checkpoint(args.resume)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--resume: {e}") from None
+    c = _saved_config(ck["config"])
+    if c.get("task") != task:
+        raise UsageError(f"--resume {args.resume} is a checkpoint of task "
+                         f"{c.get('task')!r}, not {task!r}")
+    for k in _RESUMABLE:
+        if k not in c or (k == "seq_len" and task in ("pixel", "digits")):
+            continue
+        if _given(args, k) is not None and _given(args, k) != c[k]:
+            raise UsageError(f"--{k.replace('_', '-')} {_given(args, k)} contradicts the "
+                             f"checkpoint {args.resume}, which has {k}={c[k]!r}")
+        if k in base or k in ("permuted", "train_size"):
+            base[k] = c[k]
+    save = None
+    if args.save:
+        save = args.save if args.save.endswith(".npz") else \
+            os.path.join(args.save, os.path.basename(args.resume))
+    cfg = RunConfig(**base, scheme=c["scheme"], seed=c["seed"], resume=args.resume,
+                    save=save)
+    print(f"resuming {run_label(cfg)} from step {ck['step']} of {args.resume}", flush=True)
+    return cfg
+
+
+def _job_configs(args, task, base) -> list:
+    """Every run of the command: schemes x seeds (x the lr x clip grid of a sweep)."""
+    sweep = args.command == "sweep"
+    first = _given(args, "seed") or 0
+    n = _given(args, "seeds") or (SWEEP_DEFAULTS["seeds"] if sweep
+                                  else TASK_DEFAULTS[task]["seeds"])
+    schemes = _given(args, "schemes") or list(DEFAULT_SCHEMES)
+    lrs = (args.lrs or list(SWEEP_DEFAULTS["lrs"])) if sweep else [base["lr"]]
+    clips = (args.clips or list(SWEEP_DEFAULTS["clips"])) if sweep else [base["clip"]]
+    cfgs = []
+    for lr in lrs:
+        for clip in clips:
+            for seed in range(first, first + n):
+                for s in schemes:
+                    save = None
+                    if args.save:
+                        name = f"{task}_{s}_seed{seed}"
+                        if sweep:
+                            name += f"_lr{lr:g}_clip{clip if clip else 'none'}"
+                        save = os.path.join(args.save, name + ".npz")
+                    cfgs.append(RunConfig(**dict(base, lr=lr, clip=clip), scheme=s,
+                                          seed=seed, label_hp=sweep, save=save))
+    return cfgs
+
+
+def _prepare_experiment(args, task, cfgs):
+    """Everything that could fail, checked before the first step: data files, optional
+    packages, and every output path. Returns the --plot path (or None)."""
+    plot = _figure_path(args, args.command)
+    try:
+        if task == "pixel":
+            load_pixel_dataset(cfgs[0].dataset, cfgs[0].data)
         if task == "digits":
             load_digits_data(np.random.default_rng(0))
+    except (OSError, ValueError) as e:
+        raise UsageError(str(e)) from None
     except ImportError as e:
-        raise SystemExit(f"tasks.py: error: {e}") from None
+        raise MissingPackage(str(e)) from None
+    if plot:
+        _pyplot()
+    saves = [c.save for c in cfgs if c.save and not (
+        c.resume and os.path.realpath(c.save) == os.path.realpath(c.resume))]
+    _check_outputs([args.out, plot] + saves, args.force)
     for c in cfgs:
-        if c.get("save"):
-            os.makedirs(os.path.dirname(os.path.abspath(c["save"])), exist_ok=True)
-    c0 = cfgs[0]
-    what = (f"{task}: T={c0['seq_len']}" if task in ("adding", "multiply") else
-            f"{task}{' permuted' if c0.get('permuted') else ''}: epochs={c0['epochs']}")
-    print(f"{what}, hidden={c0['hidden']}, inputs={c0['inputs']}, batch={c0['batch']}, "
-          f"{'steps=' + str(c0['steps']) + ', ' if c0.get('steps') else ''}"
-          f"lr={c0['lr'] if args.command != 'sweep' else 'grid'}, momentum={c0['momentum']}, "
-          f"clip={c0['clip'] if args.command != 'sweep' else 'grid'}; "
+        if c.save:
+            os.makedirs(os.path.dirname(os.path.abspath(c.save)), exist_ok=True)
+    return plot
+
+
+def _print_job(args, task, cfgs):
+    c0, sweep = cfgs[0], args.command == "sweep"
+    what = (f"{task}: T={c0.seq_len}" if c0.regression else
+            f"{task}{' ' + c0.dataset if task == 'pixel' else ''}"
+            f"{' permuted' if c0.permuted else ''}: epochs={c0.epochs}")
+    print(f"{what}, hidden={c0.hidden}, inputs={c0.inputs}, batch={c0.batch}, "
+          f"{'steps=' + str(c0.steps) + ', ' if c0.steps else ''}"
+          f"lr={'grid' if sweep else c0.lr}, momentum={c0.momentum}, "
+          f"clip={'grid' if sweep else c0.clip}; "
           f"{len(cfgs)} run(s) on {min(args.jobs, len(cfgs))} process(es)", flush=True)
-    progress = Progress(every=args.progress_every)
-    results = run_many(cfgs, jobs=args.jobs, threads=args.threads, progress=progress)
-    records, curves, failed = _collect(results)
-    wall = time.perf_counter() - t0
+
+
+def _report_job(args, task, records, curves, failed, wall, plot):
+    """The table (and the sweep's grid), the output files and the figure."""
     regression = task in ("adding", "multiply")
+    lrs = sorted(set(r["lr"] for r in records))
+    clips = sorted(set(r["clip"] for r in records), key=lambda c: math.inf if c is None else c)
     if records:
         print()
         print(results_table(records, regression))
     if args.command == "sweep" and records:
-        text, fracs = sweep_table(records, sorted(set(r["lr"] for r in records)),
-                                  sorted(set(r["clip"] for r in records),
-                                         key=lambda c: math.inf if c is None else c))
+        text, fracs = sweep_table(records, lrs, clips)
         print()
         print(text)
     print(f"\nwall time {_fmt_time(wall)} ({wall:.0f} s)"
           + (f"; {len(failed)} run(s) failed" if failed else ""))
-    options = {k: v for k, v in vars(args).items() if k != "func"}
-    meta = {"command": args.command, "options": options, "task": task,
-            "wall_seconds": wall, "failed": [{"run": run_label(c), "error": e}
-                                             for c, e in failed]}
+    meta = {"command": args.command, "task": task, "wall_seconds": wall,
+            "options": {k: v for k, v in vars(args).items() if k != "func"},
+            "failed": [{"run": run_label(c), "error": e} for c, e in failed]}
     if args.out:
         write_outputs(args.out, records, curves, meta)
         print(f"wrote {os.path.join(args.out, 'curves.csv')} and "
               f"{os.path.join(args.out, 'summary.json')}")
     if plot and records:
-        title = f"{task}, " + (f"T={records[0]['seq_len']}, " if regression else "") + \
-            f"hidden {records[0]['hidden']}, batch {records[0]['batch']}"
+        r0 = records[0]
+        title = f"{task}, " + (f"T={r0['seq_len']}, " if regression else "") + \
+            f"hidden {r0['hidden']}, batch {r0['batch']}"
         if args.command == "sweep":
-            plot_sweep(plot, fracs, sorted(set(r["lr"] for r in records)),
-                       sorted(set(r["clip"] for r in records),
-                              key=lambda c: math.inf if c is None else c),
-                       title + f", {records[0]['steps']} steps: fraction solved")
+            plot_sweep(plot, fracs, lrs, clips,
+                       title + f", {r0['steps']} steps: fraction solved")
         else:
-            plot_curves(plot, records, curves, title + f", lr {records[0]['lr']:g}, "
-                        f"clip {records[0]['clip']}, momentum {records[0]['momentum']:g}")
+            plot_curves(plot, records, curves, title + f", lr {r0['lr']:g}, clip "
+                        f"{r0['clip']}, momentum {r0['momentum']:g}")
         print(f"wrote {plot}")
-    return 1 if failed and not records else 0
 
 
-def _add_experiment_commands(sub):
-    helps = {
-        "adding": "the adding problem: np-RNN against IRNN, i-RNN and a tanh RNN",
-        "multiply": "the multiplication problem (target = product of the marked values)",
-        "mnist": "pixel MNIST (784 steps) from files you already have; nothing downloaded",
-        "digits": "scikit-learn's bundled 8x8 digits as 64-step pixel sequences",
-        "sweep": "fraction of runs that solve adding/multiply over a grid of lr x clip",
-    }
-    for name, text in helps.items():
-        d = TASK_DEFAULTS.get(name, TASK_DEFAULTS["adding"])
-        p = sub.add_parser(name, help=text, description=text + ". Every scheme is trained "
-                           "by SGD with BPTT on the same data stream; the runs go in "
-                           "parallel worker processes (--jobs), one BLAS thread each.")
-        if name == "sweep":
-            p.add_argument("task", choices=("adding", "multiply"), help="the task to sweep")
-            p.add_argument("--lrs", type=_float_list(_pos_float), metavar="LR,LR,...",
-                           help="learning rates of the grid (default "
-                           + ",".join(f"{v:g}" for v in SWEEP_DEFAULTS["lrs"]) + ")")
-            p.add_argument("--clips", type=_float_list(_clip_arg), metavar="C,C,...",
-                           help="clipping thresholds of the grid, 'none' for no clipping "
-                           "(default " + ",".join(f"{v:g}" for v in SWEEP_DEFAULTS["clips"])
-                           + ")")
-        regression = name in ("adding", "multiply", "sweep")
-        if regression:
-            p.add_argument("--seq-len", type=_seq_len, metavar="T",
-                           help="sequence length T (default "
-                           f"{SWEEP_DEFAULTS['seq_len'] if name == 'sweep' else d['seq_len']})")
-            p.add_argument("--steps", type=_positive_int, help="training steps (default "
-                           f"{SWEEP_DEFAULTS['steps'] if name == 'sweep' else d['steps']})")
-        else:
-            p.add_argument("--epochs", type=_positive_int,
-                           help=f"passes over the training set (default {d['epochs']})")
-            p.add_argument("--train-size", type=_positive_int,
-                           help="use only the first N training images (default all)")
-        if name == "mnist":
-            p.add_argument("--data", default=".", metavar="PATH",
-                           help="mnist.npz, or a folder with mnist.npz or the four IDX files "
-                           "(raw or .gz); default: the current folder")
-        if name in ("mnist", "digits"):
-            p.add_argument("--permuted", action="store_true",
-                           help="read the pixels in a fixed random order (permutation seed 0)")
-        p.add_argument("--hidden", type=_positive_int, default=100,
-                       help="hidden units (default 100)")
-        p.add_argument("--schemes", type=_schemes_arg, default=["np", "irnn", "i-rnn", "tanh"],
-                       help="comma-separated schemes from nprnn_ref.SCHEMES "
-                       f"({', '.join(nr.SCHEMES)}); default np,irnn,i-rnn,tanh")
-        p.add_argument("--batch", type=_positive_int, default=16,
-                       help="minibatch size (default 16)")
-        p.add_argument("--inputs", choices=tuple(nr.INPUT_RECIPES), default="paper",
-                       help="W_hx recipe (nprnn_ref.INPUT_RECIPES): paper, the paper's "
-                       "N(0, alpha(H)^2 / H) for every network (default); scheme, each "
-                       "scheme's own (Le et al.'s N(0, 0.001^2) for irnn and i-rnn); le, "
-                       "N(0, 0.001^2) for every network"
-                       + ("; ignored with --resume, which takes the checkpoint's"
-                          if name != "sweep" else ""))
-        if name != "sweep":
-            p.add_argument("--lr", type=_pos_float, help=f"learning rate (default {d['lr']:g})")
-            p.add_argument("--clip", type=_clip_arg, default=_CLIP_DEFAULT,
-                           help="gradient clipping threshold on the global norm, 'none' to "
-                           f"turn it off (default {d['clip']:g})")
-        else:
-            p.set_defaults(lr=None, clip=_CLIP_DEFAULT)
-        p.add_argument("--momentum", type=_nonneg_float,
-                       help=f"SGD momentum (default {d['momentum']:g})")
-        p.add_argument("--seed", type=int, default=0, help="first seed (default 0)")
-        p.add_argument("--seeds", type=_positive_int,
-                       help="number of seeds: --seed, --seed+1, ... (default "
-                       f"{SWEEP_DEFAULTS['seeds'] if name == 'sweep' else d['seeds']})")
-        p.add_argument("--eval-every", type=_positive_int, metavar="K",
-                       help="evaluate on the test set every K steps (default "
-                       f"{d['eval_every'] or 'one epoch'})")
-        p.add_argument("--test-size", type=_positive_int, metavar="N",
-                       help="test sequences (default "
-                       f"{d['test_size'] or 'the whole test split'})")
-        p.add_argument("--target-mse", type=_pos_float, default=0.01,
+def cmd_experiment(args):
+    task = _experiment_task(args.command, args)
+    t0 = time.perf_counter()
+    base = _base_settings(args, task)
+    cfgs = [_resume_config(args, task, base)] if getattr(args, "resume", None) else \
+        _job_configs(args, task, base)
+    plot = _prepare_experiment(args, task, cfgs)
+    _print_job(args, task, cfgs)
+    plan = {run_label(c): (c.steps or 0) for c in cfgs} if cfgs[0].regression else None
+    progress = Progress(every=args.progress_every, plan=plan, jobs=args.jobs)
+    results = run_many(cfgs, jobs=args.jobs, threads=args.threads, progress=progress)
+    records, curves, failed = _collect(results)
+    _report_job(args, task, records, curves, failed, time.perf_counter() - t0, plot)
+    return 1 if failed else 0
+
+
+DEFAULT_SCHEMES = ("np", "irnn", "i-rnn", "tanh")
+_EXPERIMENT_HELP = {
+    "adding": "the adding problem: np-RNN against IRNN, i-RNN and a tanh RNN",
+    "multiply": "the multiplication problem (target = product of the marked values)",
+    "pixel": "pixel-by-pixel MNIST or Fashion-MNIST (784 steps) from files on disk; "
+             "nothing downloaded",
+    "mnist": "the pixel task on MNIST (an alias of pixel --dataset mnist)",
+    "digits": "scikit-learn's bundled 8x8 digits as 64-step pixel sequences",
+    "sweep": "fraction of runs that solve adding/multiply over a grid of lr x clip",
+}
+
+
+def _add_task_options(p, name, d):
+    """The options of a command's task: length and steps, or epochs and images."""
+    sweep = name == "sweep"
+    if sweep:
+        p.add_argument("task", choices=("adding", "multiply"), help="the task to sweep")
+        p.add_argument("--lrs", type=_float_list(_pos_float), metavar="LR,LR,...",
+                       help="learning rates of the grid (default "
+                       + ",".join(f"{v:g}" for v in SWEEP_DEFAULTS["lrs"]) + ")")
+        p.add_argument("--clips", type=_float_list(_clip_arg), metavar="C,C,...",
+                       help="clipping thresholds of the grid, 'none' for no clipping "
+                       "(default " + ",".join(f"{v:g}" for v in SWEEP_DEFAULTS["clips"]) + ")")
+    if name in ("adding", "multiply", "sweep"):
+        p.add_argument("--seq-len", type=_seq_len, metavar="T", help="sequence length T "
+                       f"(default {SWEEP_DEFAULTS['seq_len'] if sweep else d['seq_len']})")
+        p.add_argument("--steps", type=_positive_int, help="training steps (default "
+                       f"{SWEEP_DEFAULTS['steps'] if sweep else d['steps']})")
+        p.add_argument("--target-mse", type=_pos_float,
                        help="a run has solved the task when its test MSE falls below this "
                        "(default 0.01)")
-        p.add_argument("--out", metavar="DIR",
-                       help="write curves.csv and summary.json there (never overwritten "
-                       "without --force)")
-        p.add_argument("--force", action="store_true",
-                       help="allow overwriting --out, --plot and --save files")
-        p.add_argument("--plot", nargs="?", const="", metavar="PNG",
-                       help="write a PNG (test metric against step, or the sweep's heat "
-                       "map; default path OUT/<command>.png or ./<command>.png); needs "
-                       "matplotlib")
-        p.add_argument("--save", metavar="DIR",
-                       help="write each run's checkpoint (.npz) there at every evaluation")
+        return
+    p.add_argument("--epochs", type=_positive_int,
+                   help=f"passes over the training set (default {d['epochs']})")
+    p.add_argument("--train-size", type=_positive_int,
+                   help="use only the first N training images (default all)")
+    p.add_argument("--permuted", action="store_true", default=None,
+                   help="read the pixels in a fixed random order (permutation seed 0)")
+    if name == "pixel":
+        p.add_argument("--dataset", choices=tuple(PIXEL_DATASETS),
+                       help="the data set (default fashion-mnist: `apt-get install "
+                       "dataset-fashion-mnist` puts it in "
+                       f"{PIXEL_DATASETS['fashion-mnist']}; mnist is looked for in the "
+                       "current folder)")
+    elif name == "mnist":
+        p.set_defaults(dataset="mnist")
+    if name in ("pixel", "mnist"):
+        p.add_argument("--data", metavar="PATH",
+                       help="an .npz (x_train, y_train, x_test, y_test), or a folder with "
+                       "mnist.npz or the four IDX files (raw or .gz); default: the data "
+                       "set's own location")
+
+
+def _add_training_options(p, name, d):
+    """Network, optimiser, seeds and evaluation options."""
+    sweep = name == "sweep"
+    p.add_argument("--schemes", type=_schemes_arg, help="comma-separated schemes from "
+                   f"nprnn_ref.SCHEMES ({', '.join(nr.SCHEMES)}); default "
+                   + ",".join(DEFAULT_SCHEMES))
+    p.add_argument("--hidden", type=_positive_int, help="hidden units (default 100)")
+    p.add_argument("--batch", type=_positive_int, help="minibatch size (default 16)")
+    p.add_argument("--inputs", choices=tuple(nr.INPUT_RECIPES),
+                   help="W_hx recipe (nprnn_ref.INPUT_RECIPES): paper, the paper's "
+                   "N(0, alpha(H)^2 / H) for every network (default); scheme, each scheme's "
+                   "own (Le et al.'s N(0, 0.001^2) for irnn and i-rnn); le, N(0, 0.001^2) "
+                   "for every network")
+    if not sweep:
+        p.add_argument("--lr", type=_pos_float, help=f"learning rate (default {d['lr']:g})")
+        p.add_argument("--clip", type=_clip_arg, default=_CLIP_DEFAULT,
+                       help="gradient clipping threshold on the global norm, a number > 0, "
+                       f"or 'none' to turn it off (default {d['clip']:g})")
+    p.add_argument("--momentum", type=_nonneg_float,
+                   help=f"SGD momentum (default {d['momentum']:g})")
+    p.add_argument("--seed", type=_int_at_least(0), help="first seed (default 0)")
+    p.add_argument("--seeds", type=_positive_int, help="number of seeds: --seed, "
+                   f"--seed+1, ... (default {SWEEP_DEFAULTS['seeds'] if sweep else d['seeds']})")
+    p.add_argument("--eval-every", type=_positive_int, metavar="K",
+                   help="evaluate on the test set every K steps (default "
+                   f"{d['eval_every'] or 'one epoch'})")
+    p.add_argument("--test-size", type=_positive_int, metavar="N", help="test sequences "
+                   f"(default {d['test_size'] or 'the whole test split'})")
+
+
+def _add_output_options(p, name):
+    p.add_argument("--out", metavar="DIR", help="write curves.csv and summary.json there")
+    p.add_argument("--force", action="store_true",
+                   help="allow overwriting existing --out, --plot and --save files")
+    p.add_argument("--plot", nargs="?", const="", metavar="PNG",
+                   help="write a PNG (test metrics against step, or the sweep's heat map; "
+                   "default OUT/<command>.png or ./<command>.png); needs matplotlib")
+    p.add_argument("--save", metavar="DIR",
+                   help="write each run's checkpoint (.npz) there at every evaluation")
+    if name != "sweep":
         p.add_argument("--resume", metavar="CKPT",
-                       help="continue the run of this checkpoint to --steps/--epochs "
-                       "(its scheme, seed, lr, momentum, clip, batch, hidden, T are used)")
-        p.add_argument("--jobs", type=_positive_int, default=2,
-                       help="worker processes running the runs in parallel (default 2)")
-        p.add_argument("--threads", type=_positive_int, default=1,
-                       help="BLAS threads per process, set before numpy is imported "
-                       "(default 1)")
-        p.add_argument("--progress-every", type=_pos_float, default=30.0, metavar="S",
-                       help="when the output is not a terminal, print each run's progress "
-                       "every S seconds (default 30)")
+                       help="continue the run of this checkpoint to --steps/--epochs, with "
+                       "its history; its scheme, seed and settings are used, and an option "
+                       "given that contradicts them is an error")
+
+
+def _add_experiment_commands(sub, parents):
+    for name, text in _EXPERIMENT_HELP.items():
+        d = TASK_DEFAULTS.get("pixel" if name == "mnist" else name, TASK_DEFAULTS["adding"])
+        p = sub.add_parser(name, help=text, parents=parents, description=text + ". Every "
+                           "scheme is trained by SGD with BPTT on the same data stream; the "
+                           "runs go in parallel worker processes (--jobs), one BLAS thread "
+                           "each.")
+        _add_task_options(p, name, d)
+        _add_training_options(p, name, d)
+        _add_output_options(p, name)
         p.set_defaults(func=cmd_experiment)
 
 
@@ -1419,19 +1664,12 @@ def _add_experiment_commands(sub):
 # sessions (python tasks.py paper adding|multiply|pixel, python tasks.py resume ROOT)
 # ---------------------------------------------------------------------------------------
 
-import dataclasses  # noqa: E402
 import subprocess  # noqa: E402
 
 PAPER_TASKS = ("adding", "multiply", "pixel")
 PAPER_THRESHOLDS = (0.5, 0.9)   # the update at which the metric first exceeds each is kept
 RUN_FORMAT = "nprnn-ref-run/1"
 RUN_CHECKPOINT_FORMAT = "nprnn-ref-run-checkpoint/1"
-PIXEL_DATASETS = {"mnist": None, "fashion-mnist": "/usr/share/datasets/fashion-mnist"}
-CLASS_NAMES = {
-    "mnist": tuple(str(i) for i in range(10)),
-    "fashion-mnist": ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal",
-                      "Shirt", "Sneaker", "Bag", "Ankle boot"),
-}
 # The paper's networks (its Table 1) in the order its tables list them, then the
 # project's own tanh RNN. This order is also the canonical order of runs in a job.
 PAPER_SCHEMES = ("irnn", "i-rnn", "nrnn", "np", "np-tanh", "ornn", "grnn", "tanh")
@@ -1546,6 +1784,8 @@ def paper_run(task, scheme, seed, *, dataset=None, data=None, inputs="paper", hi
     if task == "pixel" and scheme == "irnn":
         d.update(PIXEL_IRNN)
     d.update({k: v for k, v in overrides.items() if v is not None})
+    if d.get("clip") == "none":                       # an explicit "no clipping"
+        d["clip"] = None
     unknown = set(d) - {f.name for f in dataclasses.fields(PaperRun)}
     if unknown:
         raise TypeError(f"paper_run got unknown settings {sorted(unknown)}")
@@ -1555,7 +1795,9 @@ def paper_run(task, scheme, seed, *, dataset=None, data=None, inputs="paper", hi
             raise ValueError(f"seq_len of the pixel task must be 784, got {d['seq_len']}")
     else:
         dataset = data = None
-    if d["eval_every"] is None:
+    if d["eval_every"] is None:                       # once per epoch
+        nr._check_size("batch", d["batch"])
+        nr._check_size("train_size", d["train_size"])
         d["eval_every"] = max(1, d["train_size"] // d["batch"])
     spec = PaperRun(task=task, scheme=scheme, seed=seed, hidden=hidden, inputs=inputs,
                     dataset=dataset, data=data, **d)
@@ -1567,10 +1809,14 @@ def paper_departures(spec: PaperRun) -> list:
     """Where spec differs from the paper's protocol for its task and network, in words."""
     paper = paper_run(spec.task, spec.scheme, spec.seed, dataset=spec.dataset,
                       data=spec.data)
+    per_epoch = PAPER_PROTOCOLS[spec.task]["eval_every"] is None
     out = []
     for k, v in spec.to_json().items():
-        if k != "data" and v != paper.to_json()[k]:
-            out.append(f"departure: {k}={v} (the paper's protocol: {paper.to_json()[k]})")
+        if k == "data" or v == paper.to_json()[k]:
+            continue
+        if k == "eval_every" and per_epoch and v == spec.updates_per_epoch:
+            continue                                  # still once per epoch, as the paper
+        out.append(f"departure: {k}={v} (the paper's protocol: {paper.to_json()[k]})")
     return out
 
 
@@ -1581,7 +1827,12 @@ def _check_paper_run(spec: PaperRun) -> None:
         nr._check_size(k, getattr(spec, k))
     nr._check_choice("optimizer", spec.optimizer, ("sgd", "rmsprop"))
     nr._check_rate("lr", spec.lr, positive=True)
-    nr.cooled_lr(spec.lr, 0, spec.cool_factor, spec.cool_epochs)      # validates them
+    try:
+        nr.cooled_lr(spec.lr, 0, spec.cool_factor, spec.cool_epochs)  # validates them
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"cool_factor={spec.cool_factor!r}, cool_epochs={spec.cool_epochs!r}:"
+                      f" {e}".replace("milestones", "cool_epochs")
+                      .replace("factor must", "cool_factor must")) from None
     if spec.clip is not None:
         nr._check_rate("clip", spec.clip, positive=True)
     if spec.batch > spec.train_size:
@@ -1662,27 +1913,6 @@ class _FixedData:
         x[self.first[idx], cols, 1] = 1.0
         x[self.second[idx], cols, 1] = 1.0
         return x, self.target[idx]
-
-
-def load_pixel_dataset(name, path=None):
-    """MNIST or Fashion-MNIST (the same IDX format) for the pixel task: load_mnist's
-    arrays plus "name", "source" and "classes" (the label names)."""
-    nr._check_choice("dataset", name, tuple(PIXEL_DATASETS))
-    if path is None:
-        path = PIXEL_DATASETS[name]
-        if path is None:
-            raise FileNotFoundError("the mnist data set is not installed anywhere known: "
-                                    "pass --data with mnist.npz or a folder of its four IDX "
-                                    "files")
-    try:
-        d = load_mnist(path)
-    except FileNotFoundError as e:
-        if name == "fashion-mnist" and path == PIXEL_DATASETS[name]:
-            raise FileNotFoundError(
-                f"Fashion-MNIST is not at {path}: install it with "
-                "`apt-get install dataset-fashion-mnist`, or pass --data") from None
-        raise FileNotFoundError(str(e).replace("MNIST", name)) from None
-    return dict(d, name=name, source=os.fspath(path), classes=CLASS_NAMES[name])
 
 
 def _evaluate_fixed(params, data, nonlinearity, max_elems=4_000_000):
@@ -1801,13 +2031,15 @@ def _json_safe(v):
     return v
 
 
-def run_summary(spec: PaperRun, history: dict, status: str, extra=None) -> dict:
-    """A finished run's record: the spec, final and best values, thresholds, timing."""
+def run_summary(spec: PaperRun, history: dict, status: str, extra=None, done=None) -> dict:
+    """A run's record: the spec, final and best values, thresholds, timing. ``done``: the
+    updates done so far, for a run paused before its end."""
     curve = history["curve"]
     last = curve[-1] if curve else {}
     regression = spec.task != "pixel"
     metric_key = "test_within" if regression else "test_accuracy"
-    done = (history["diverged_at"] - 1) if history["diverged_at"] else spec.total_updates
+    if done is None:
+        done = (history["diverged_at"] - 1) if history["diverged_at"] else spec.total_updates
     rec = {"run": spec.name, **spec.to_json(), "status": status,
            "paper_name": nr.SCHEMES[spec.scheme].paper_name,
            "nonlinearity": nr.SCHEMES[spec.scheme].nonlinearity,
@@ -1895,9 +2127,11 @@ def train_paper_run(folder, report=None, report_every=0.5, until=None) -> dict:
         history = _new_history(spec, params)
         _record_eval(history, spec, 0, spec.lr, None,
                      _evaluate_fixed(params, data, nonlin))
+    stop = total if until is None else min(until, total)
+    if stop <= update and update < total:              # nothing to do: leave it as it is
+        return run_summary(spec, history, "paused", done=update)
     history["parts"] += 1
     wall0, train0 = history["wall_seconds"], history["train_seconds"]
-    stop = total if until is None else min(until, total)
     nr.check_params(params)                    # validated once: the loop below skips it
     dtype = params["W_hh"].dtype
     h0 = np.zeros((spec.batch, spec.hidden), dtype)
@@ -1950,10 +2184,10 @@ def train_paper_run(folder, report=None, report_every=0.5, until=None) -> dict:
                 sps = (done - update) / train_time
                 c = history["curve"][-1]
                 report({"run": spec.name, "step": done, "total": total, "sps": sps,
+                        "seconds": train_time,
                         "loss": float(np.mean(pending[-200:])) if pending else c["train_loss"],
                         "metric": c.get("test_within", c.get("test_accuracy")),
-                        "metric_name": "test " + ("within" if data.regression else "acc"),
-                        "eta": (total - done) / sps if sps > 0 else None})
+                        "metric_name": "test " + ("within" if data.regression else "acc")})
     diverged = history["diverged_at"] is not None
     if diverged or stop == total:
         history["wall_seconds"] = wall0 + (time.perf_counter() - t_part)
@@ -1972,9 +2206,9 @@ def train_paper_run(folder, report=None, report_every=0.5, until=None) -> dict:
             f.write("\n")
         os.replace(tmp, os.path.join(folder, "summary.json"))
         return summary
-    if stop != update and (stop % spec.eval_every != 0):
+    if stop % spec.eval_every != 0:
         checkpoint(stop)
-    return run_summary(spec, history, "paused")
+    return run_summary(spec, history, "paused", done=stop)
 
 
 # --- Jobs: many runs under one root -----------------------------------------------------
@@ -2037,7 +2271,8 @@ def _folder_label(folder):
 
 def _run_job(folders, args) -> int:
     """Train every folder (unfinished ones continue), then print the table."""
-    progress = Progress(every=args.progress_every)
+    plan = {_folder_label(f): read_run_folder(f)[0].total_updates for f in folders}
+    progress = Progress(every=args.progress_every, plan=plan, jobs=args.jobs)
     results = run_many(folders, jobs=args.jobs, threads=args.threads, progress=progress,
                        fn=_train_folder, label=_folder_label)
     summaries, failed = [], []
@@ -2080,12 +2315,13 @@ def cmd_paper(args):
                            optimizer=args.optimizer, lr=args.lr, epochs=args.epochs,
                            train_size=args.train_size, test_size=args.test_size,
                            eval_every=args.eval_every, batch=args.batch,
-                           clip=None if args.clip == "none" else args.clip)
+                           clip="none" if args.clip is None else
+                           (None if args.clip == _CLIP_DEFAULT else args.clip))
                  for s in schemes for seed in seeds]
         if args.task == "pixel":
             load_pixel_dataset(args.dataset, args.data)     # say what is missing now
     except (ValueError, TypeError, FileNotFoundError) as e:
-        raise SystemExit(f"tasks.py: error: {e}") from None
+        raise UsageError(str(e)) from None
     departures = list(dict.fromkeys(d for s in specs for d in paper_departures(s)))
     choices = departures + PAPER_CHOICES["all"] + PAPER_CHOICES[args.task]
     _print_protocol(specs, choices)
@@ -2094,15 +2330,15 @@ def cmd_paper(args):
         folder = os.path.join(args.out, spec.name)
         if os.path.exists(folder):
             if not args.resume:
-                raise SystemExit(f"tasks.py: error: {folder} already exists; pass --resume "
+                raise UsageError(f"{folder} already exists; pass --resume "
                                  "to continue its run, or choose another --out")
             try:
                 old, _, _ = read_run_folder(folder)
             except ValueError as e:
-                raise SystemExit(f"tasks.py: error: {e}") from None
+                raise UsageError(str(e)) from None
             if old != spec:
                 diff = [k for k in old.to_json() if old.to_json()[k] != spec.to_json()[k]]
-                raise SystemExit(f"tasks.py: error: {folder} holds a run with other settings "
+                raise UsageError(f"{folder} holds a run with other settings "
                                  f"({', '.join(diff)}); choose another --out")
         folders.append(folder)
     os.makedirs(args.out, exist_ok=True)
@@ -2116,9 +2352,9 @@ def cmd_resume(args):
     try:
         folders = find_run_folders(args.root)
     except (OSError, ValueError) as e:
-        raise SystemExit(f"tasks.py: error: {e}") from None
+        raise UsageError(str(e)) from None
     if not folders:
-        raise SystemExit(f"tasks.py: error: no run folders (with run.json) under {args.root}")
+        raise UsageError(f"no run folders (with run.json) under {args.root}")
     todo = [f for f in folders if (read_run_folder(f)[2] or {}).get("status") in
             (None, "paused")]
     print(f"{len(folders)} run(s) under {args.root}, {len(todo)} unfinished", flush=True)
@@ -2131,10 +2367,11 @@ def cmd_resume(args):
     return code
 
 
-def _add_paper_commands(sub):
+def _add_paper_commands(sub, parents):
     text = ("the paper's own protocol (Talathi and Vartak, sections 3 and 4): its "
             "networks, settings and metric, one run folder per run under --out")
-    p = sub.add_parser("paper", help=text, description=text + ". Every setting and every "
+    p = sub.add_parser("paper", help=text, parents=parents,
+                       description=text + ". Every setting and every "
                        "choice where the paper is silent is printed and written to each "
                        "run's run.json.")
     p.add_argument("task", choices=PAPER_TASKS,
@@ -2161,7 +2398,8 @@ def _add_paper_commands(sub):
     p.add_argument("--optimizer", choices=("sgd", "rmsprop"),
                    help="override the protocol's optimiser")
     p.add_argument("--lr", type=_pos_float, help="override the protocol's learning rate")
-    p.add_argument("--clip", type=_clip_arg, help="override the clipping threshold (10)")
+    p.add_argument("--clip", type=_clip_arg, default=_CLIP_DEFAULT,
+                   help="override the clipping threshold (10): a number > 0, or 'none'")
     p.add_argument("--batch", type=_positive_int, help="override the minibatch size")
     p.add_argument("--epochs", type=_positive_int, help="override the number of epochs")
     p.add_argument("--train-size", type=_positive_int, metavar="N",
@@ -2177,18 +2415,11 @@ def _add_paper_commands(sub):
                    "must match); finished runs are left as they are")
     p.set_defaults(func=cmd_paper)
     r = sub.add_parser("resume", help="continue every unfinished run under a job's root",
+                       parents=parents,
                        description="Continue every unfinished run folder under ROOT from "
                        "its last checkpoint (never-started ones from the beginning), in "
                        "the canonical order, then print the table of every finished run.")
     r.add_argument("root", metavar="ROOT")
-    for q in (p, r):
-        q.add_argument("--jobs", type=_positive_int, default=2,
-                       help="worker processes running the runs in parallel (default 2)")
-        q.add_argument("--threads", type=_positive_int, default=1,
-                       help="BLAS threads per process (default 1)")
-        q.add_argument("--progress-every", type=_pos_float, default=60.0, metavar="S",
-                       help="when the output is not a terminal, print each run's progress "
-                       "every S seconds (default 60)")
     r.set_defaults(func=cmd_resume)
 
 
@@ -2196,7 +2427,8 @@ def _add_paper_commands(sub):
 # Golden fixtures for other backends: export-fixtures, verify-fixtures, survey-fixtures
 # ---------------------------------------------------------------------------------------
 
-import dataclasses  # noqa: E402  (this section's imports, kept here to keep merges local)
+import contextlib  # noqa: E402  (this section's imports, kept here to keep merges local)
+import dataclasses  # noqa: E402
 import hashlib  # noqa: E402
 import importlib  # noqa: E402
 import importlib.util  # noqa: E402
@@ -2374,41 +2606,63 @@ def _sha256(path) -> str:
         return hashlib.sha256(f.read()).hexdigest()
 
 
-def export_fixtures(directory, force=False, base_seed=FIXTURE_BASE_SEED,
-                    cases=FIXTURE_CASES, margin=RELU_MARGIN) -> dict:
-    """Write one .npz per case and manifest.json into ``directory``; return the manifest.
-
-    Refuses (FileExistsError) a directory that is not empty unless ``force``; with force,
-    files of the same names are replaced and other files are left alone.
-    """
-    directory = os.fspath(directory)
+def _check_fixture_dir(directory: str, force: bool) -> None:
+    """Refuse (NotADirectoryError) a file, and (FileExistsError) a directory that is not
+    empty unless ``force``."""
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise NotADirectoryError(f"DIR must be a directory, {directory} is a file")
     if os.path.isdir(directory) and os.listdir(directory) and not force:
         raise FileExistsError(f"{directory} is not empty; choose an empty or new directory, "
                               "or pass --force to overwrite the fixture files in it")
-    for what in ("name", "seed"):
-        vals = [getattr(s, what) for s in cases]
-        if len(set(vals)) != len(vals):
-            raise ValueError(f"cases must have distinct {what}s, got {vals}")
-    built = [(s,) + make_fixture_case(s, base_seed, margin) for s in cases]  # all or nothing
-    os.makedirs(directory, exist_ok=True)
-    entries = []
-    for spec, case, info in built:
-        fname = spec.name + ".npz"
-        path = os.path.join(directory, fname)
-        _write_npz(path, {k: case[k] for k in nr.FIXTURE_KEYS})
-        entries.append({
-            "name": spec.name, "file": fname, "sha256": _sha256(path), "dtype": spec.dtype,
-            "scheme": spec.scheme, "nonlinearity": spec.nonlinearity,
-            "loss_kind": spec.loss, "output": spec.output,
-            "sizes": {"T": spec.T, "B": spec.B, "D": spec.D, "H": spec.H, "O": spec.O},
-            "shapes": {k: list(case[k].shape) for k in nr.FIXTURE_KEYS},
-            "dtypes": {k: case[k].dtype.str for k in nr.FIXTURE_KEYS},
-            "seed": [base_seed, spec.seed], "draws": info["draws"],
-            "min_abs_relu_preactivation": info["min_abs_preactivation"],
-        })
-    manifest = {
+
+
+def _fixture_entry(spec: FixtureSpec, case: dict, info: dict, base_seed: int, fname: str,
+                   sha256: str) -> dict:
+    """The manifest's record of one written case."""
+    return {
+        "name": spec.name, "file": fname, "sha256": sha256, "dtype": spec.dtype,
+        "scheme": spec.scheme, "nonlinearity": spec.nonlinearity,
+        "loss_kind": spec.loss, "output": spec.output,
+        "sizes": {"T": spec.T, "B": spec.B, "D": spec.D, "H": spec.H, "O": spec.O},
+        "shapes": {k: list(case[k].shape) for k in nr.FIXTURE_KEYS},
+        "dtypes": {k: case[k].dtype.str for k in nr.FIXTURE_KEYS},
+        "seed": [base_seed, spec.seed], "draws": info["draws"],
+        "min_abs_relu_preactivation": info["min_abs_preactivation"],
+    }
+
+
+def _fixture_conventions() -> dict:
+    """What a backend must agree on to be compared with the fixtures: the manifest's
+    "conventions"."""
+    return {
+        "layout": "time-major: x and grad_x (T, B, D); h (T, B, H); h0 and grad_h0 "
+                  "(B, H)",
+        "model": "h_t = f(W_hx x_t + W_hh h_{t-1} + b_h), y = W_yh h_t + b_y; h holds "
+                 "h_1..h_T; output 'last' reads h_T only (y (B, O)), 'all' every step "
+                 "(y (T, B, O))",
+        "parameters": "W_hx (H, D), W_hh (H, H), b_h (H,), W_yh (O, H), b_y (O,); "
+                      "torch.nn.RNN: weight_ih_l0 = W_hx, weight_hh_l0 = W_hh, "
+                      "bias_ih_l0 + bias_hh_l0 = b_h; Linear read-out weight = W_yh, "
+                      "bias = b_y",
+        "loss": "mse: mean over all elements of (y - target)^2 (torch.nn.MSELoss()); "
+                "xent: mean over all (step, sequence) rows of the softmax cross-entropy "
+                "of logits y with integer labels (torch.nn.CrossEntropyLoss())",
+        "gradients": "grad_K = dloss/dK for every parameter, x and h0; grad_b_h equals "
+                     "the gradient of either torch bias",
+        "keys": list(nr.FIXTURE_KEYS),
+        "coverage": "W_hh is symmetric in the np, np-tanh, irnn and i-rnn cases, so "
+                    "only the tanh (orthogonal W_hh) cases can reveal a transposed "
+                    "W_hh in the forward pass; D, H and O differ in every case, so "
+                    "any other transposed weight fails on its shape",
+        "strings": "nonlinearity, loss_kind, output are 0-d unicode arrays; "
+                   "format_version a 0-d int64",
+    }
+
+
+def fixture_manifest(entries: list, base_seed: int, margin: float) -> dict:
+    """The contents of manifest.json: how the cases were drawn, the conventions, the
+    tolerances and ``entries`` (one _fixture_entry per case)."""
+    return {
         "format": "nprnn-ref golden fixtures",
         "format_version": nr.FIXTURE_FORMAT_VERSION,
         "generator": "python tasks.py export-fixtures (nprnn_ref.fixture_outputs)",
@@ -2428,32 +2682,34 @@ def export_fixtures(directory, force=False, base_seed=FIXTURE_BASE_SEED,
         "other_redraw_conditions": f"xent cases: every label's softmax probability at most "
                                    f"{MAX_LABEL_PROB} (so dL/dy = p - onehot does not "
                                    "cancel); every case: no all-zero gradient tensor",
-        "conventions": {
-            "layout": "time-major: x and grad_x (T, B, D); h (T, B, H); h0 and grad_h0 "
-                      "(B, H)",
-            "model": "h_t = f(W_hx x_t + W_hh h_{t-1} + b_h), y = W_yh h_t + b_y; h holds "
-                     "h_1..h_T; output 'last' reads h_T only (y (B, O)), 'all' every step "
-                     "(y (T, B, O))",
-            "parameters": "W_hx (H, D), W_hh (H, H), b_h (H,), W_yh (O, H), b_y (O,); "
-                          "torch.nn.RNN: weight_ih_l0 = W_hx, weight_hh_l0 = W_hh, "
-                          "bias_ih_l0 + bias_hh_l0 = b_h; Linear read-out weight = W_yh, "
-                          "bias = b_y",
-            "loss": "mse: mean over all elements of (y - target)^2 (torch.nn.MSELoss()); "
-                    "xent: mean over all (step, sequence) rows of the softmax cross-entropy "
-                    "of logits y with integer labels (torch.nn.CrossEntropyLoss())",
-            "gradients": "grad_K = dloss/dK for every parameter, x and h0; grad_b_h equals "
-                         "the gradient of either torch bias",
-            "keys": list(nr.FIXTURE_KEYS),
-            "coverage": "W_hh is symmetric in the np, np-tanh, irnn and i-rnn cases, so "
-                        "only the tanh (orthogonal W_hh) cases can reveal a transposed "
-                        "W_hh in the forward pass; D, H and O differ in every case, so "
-                        "any other transposed weight fails on its shape",
-            "strings": "nonlinearity, loss_kind, output are 0-d unicode arrays; "
-                       "format_version a 0-d int64",
-        },
+        "conventions": _fixture_conventions(),
         "tolerances": FIXTURE_TOLERANCES,
         "cases": entries,
     }
+
+
+def export_fixtures(directory, force=False, base_seed=FIXTURE_BASE_SEED,
+                    cases=FIXTURE_CASES, margin=RELU_MARGIN) -> dict:
+    """Write one .npz per case and manifest.json into ``directory``; return the manifest.
+
+    Refuses (FileExistsError) a directory that is not empty unless ``force``; with force,
+    files of the same names are replaced and other files are left alone.
+    """
+    directory = os.fspath(directory)
+    _check_fixture_dir(directory, force)
+    for what in ("name", "seed"):
+        vals = [getattr(s, what) for s in cases]
+        if len(set(vals)) != len(vals):
+            raise ValueError(f"cases must have distinct {what}s, got {vals}")
+    built = [(s,) + make_fixture_case(s, base_seed, margin) for s in cases]  # all or nothing
+    os.makedirs(directory, exist_ok=True)
+    entries = []
+    for spec, case, info in built:
+        fname = spec.name + ".npz"
+        path = os.path.join(directory, fname)
+        _write_npz(path, {k: case[k] for k in nr.FIXTURE_KEYS})
+        entries.append(_fixture_entry(spec, case, info, base_seed, fname, _sha256(path)))
+    manifest = fixture_manifest(entries, base_seed, margin)
     with open(os.path.join(directory, "manifest.json"), "w") as f:
         json.dump(manifest, f, indent=1)
         f.write("\n")
@@ -2603,22 +2859,33 @@ def survey_backend(fn, n_seeds: int, specs=FIXTURE_CASES, out=None) -> dict:
     return stats
 
 
-def cmd_survey_fixtures(args):
+@contextlib.contextmanager
+def _as_usage_error(*errors):
+    """Raise the exceptions ``errors`` of the block as UsageError (one line, exit 2)."""
     try:
+        yield
+    except errors as e:
+        raise UsageError(str(e)) from None
+
+
+def cmd_survey_fixtures(args):
+    with _as_usage_error(ImportError, ValueError):
         fn = load_backend(args.against)
-        stats = survey_backend(fn, args.seeds)
-    except (ImportError, ValueError) as e:
-        print(f"tasks.py survey-fixtures: error: {e}", file=sys.stderr)
-        return 2
+    try:
+        with _as_usage_error(ImportError):               # the function needs a package
+            stats = survey_backend(fn, args.seeds)
+    except ValueError as e:                              # it raised or answered wrongly
+        print(f"tasks.py survey-fixtures: FAIL: {e}", file=sys.stderr)
+        return 1
     return 0 if all(w <= 1 for _, w, _ in stats.values()) else 1
 
 
 def cmd_export_fixtures(args):
-    try:
+    with _as_usage_error(FileExistsError, NotADirectoryError):
+        _check_fixture_dir(args.dir, args.force)
+    _check_outputs([os.path.join(args.dir, "manifest.json")], force=True)  # DIR writable
+    with _as_usage_error(RuntimeError):                  # no usable draw at this --seed
         m = export_fixtures(args.dir, force=args.force, base_seed=args.seed)
-    except (FileExistsError, NotADirectoryError, RuntimeError) as e:
-        print(f"tasks.py export-fixtures: error: {e}", file=sys.stderr)
-        return 2
     total = sum(os.path.getsize(os.path.join(args.dir, c["file"])) for c in m["cases"])
     print(f"wrote {len(m['cases'])} cases ({total / 1024:.0f} KB) and manifest.json to "
           f"{args.dir}")
@@ -2626,18 +2893,19 @@ def cmd_export_fixtures(args):
 
 
 def cmd_verify_fixtures(args):
-    try:
+    with _as_usage_error(ImportError, FileNotFoundError, ValueError):
         fn = load_backend(args.against)
+        read_manifest(args.dir)                          # a DIR export-fixtures wrote
+    with _as_usage_error(ImportError):                   # the function needs a package
         ok = verify_fixtures(args.dir, fn, args.rtol, args.atol)
-    except (ImportError, FileNotFoundError, ValueError) as e:
-        print(f"tasks.py verify-fixtures: error: {e}", file=sys.stderr)
-        return 2
     return 0 if ok else 1
 
 
 def _add_fixture_commands(sub) -> None:
-    e = sub.add_parser("export-fixtures", help="write golden fixtures (.npz per case and "
-                       "manifest.json) for checking other backends",
+    threads, _ = _parent_parsers()
+    e = sub.add_parser("export-fixtures", parents=[threads],
+                       help="write golden fixtures (.npz per case and manifest.json) for "
+                       "checking other backends",
                        description="Write one .npz per golden case and DIR/manifest.json. "
                        "Each case holds inputs, parameters, every hidden state, the "
                        "read-out, the loss and every gradient, computed by this reference. "
@@ -2647,11 +2915,10 @@ def _add_fixture_commands(sub) -> None:
                    help="overwrite the fixture files in a non-empty DIR")
     e.add_argument("--seed", type=int, default=FIXTURE_BASE_SEED,
                    help=f"base seed (default {FIXTURE_BASE_SEED})")
-    e.add_argument("--threads", type=_positive_int, default=1,
-                   help="BLAS threads, set before numpy is imported (default 1)")
     e.set_defaults(func=cmd_export_fixtures)
-    v = sub.add_parser("verify-fixtures", help="check a backend's function against the "
-                       "golden fixtures, tensor by tensor",
+    v = sub.add_parser("verify-fixtures", parents=[threads],
+                       help="check a backend's function against the golden fixtures, "
+                       "tensor by tensor",
                        description="Import FUNCTION from MODULE (a module importable from "
                        "the current directory, or a .py path), call it on the inputs of "
                        "every case in DIR (a dict: x, h0, target, W_hx, W_hh, b_h, W_yh, "
@@ -2668,39 +2935,47 @@ def _add_fixture_commands(sub) -> None:
                    help="override the manifest's relative tolerance")
     v.add_argument("--atol", type=_nonneg_float, default=None,
                    help="override the manifest's absolute tolerance")
-    v.add_argument("--threads", type=_positive_int, default=1,
-                   help="BLAS threads, set before numpy is imported (default 1)")
     v.set_defaults(func=cmd_verify_fixtures)
-    s = sub.add_parser("survey-fixtures", help="run a backend on many freshly drawn "
-                       "fixture cases and report its worst error against the tolerances",
+    s = sub.add_parser("survey-fixtures", parents=[threads],
+                       help="run a backend on many freshly drawn fixture cases and report "
+                       "its worst error against the tolerances",
                        description="Draw every fixture case spec in float64 and float32 "
                        "for base seeds 0..SEEDS-1 (in memory), run MODULE:FUNCTION on each "
                        "and print per dtype the largest |a - e| and the worst "
                        "|a - e| / (atol + rtol |e|) at the recommended tolerances. Exit "
-                       "status 1 when some case is outside them.")
+                       "status 1 when some case is outside them or the function raises or "
+                       "returns a malformed result, 2 on a usage error.")
     s.add_argument("--against", required=True, metavar="MODULE:FUNCTION",
                    help="the function to survey, as for verify-fixtures")
     s.add_argument("--seeds", type=_positive_int, default=20,
                    help="number of base seeds (default 20)")
-    s.add_argument("--threads", type=_positive_int, default=1,
-                   help="BLAS threads, set before numpy is imported (default 1)")
     s.set_defaults(func=cmd_survey_fixtures)
 
+
+# ---------------------------------------------------------------------------------------
 # Analysis commands: dynamics, gradflow, sensitivity, spectrum (the paper's argument)
 # ---------------------------------------------------------------------------------------
 
 ANALYSIS_SCHEMES = ("np", "irnn", "i-rnn", "tanh")
-FIGURES_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "figures")
+ANALYSIS_HIDDEN = 100           # hidden units N of the fresh initialisations
+ANALYSIS_SEQ_LEN = 400          # T of the adding-problem batch, unless told otherwise
+# The tasks whose checkpoints --trained reads, by the name their training command writes
+# into the checkpoint's config: the generator of the data (D = 2, O = 1), and its name.
+ANALYSIS_TASKS = {"adding": (adding_problem, "adding problem"),
+                  "multiply": (multiplication_problem, "multiplication problem")}
 
-def _load_trained(path: str):
-    """(params, config, step) of a training checkpoint (see load_checkpoint)."""
+
+def load_trained(path: str):
+    """(params, config, step) of a training checkpoint of a task in ANALYSIS_TASKS (see
+    load_checkpoint). A missing file raises FileNotFoundError, a damaged or foreign one,
+    or one of another task, ValueError."""
     ck = load_checkpoint(path)
     params, config = ck["params"], ck["config"]
     H, D, O, _ = nr.check_params(params)
-    if config.get("task") not in ("adding", "multiplication") or D != 2 or O != 1:
-        raise ValueError(f"--trained needs a checkpoint of the adding or multiplication "
-                         f"task (D=2 inputs, O=1 output), got task {config.get('task')!r} "
-                         f"with D={D}, O={O}")
+    if config.get("task") not in ANALYSIS_TASKS or D != 2 or O != 1:
+        raise ValueError(f"--trained needs a checkpoint of the "
+                         f"{' or '.join(ANALYSIS_TASKS)} task (D=2 inputs, O=1 output), "
+                         f"got task {config.get('task')!r} with D={D}, O={O}")
     if config.get("nonlinearity") not in nr.NONLINEARITIES:
         raise ValueError(f"checkpoint config nonlinearity must be one of "
                          f"{nr.NONLINEARITIES}, got {config.get('nonlinearity')!r}")
@@ -2708,11 +2983,13 @@ def _load_trained(path: str):
 
 
 def _figure_class():
-    """matplotlib's Figure (no pyplot, no global backend state), or None if missing."""
+    """matplotlib's Figure (no pyplot, no global backend state); MissingPackage when
+    matplotlib is not installed."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        return None
+        raise MissingPackage(f"{MATPLOTLIB_MISSING} (or run without --plot for the "
+                             "tables)") from None
     return Figure
 
 
@@ -2765,11 +3042,8 @@ def np_init_two_node_fates(draws: int, rng: np.random.Generator, starts: int = 5
             "max_neg": float((np.linalg.norm(h, axis=2) / scale)[~pos].max(initial=0.0))}
 
 
-def dynamics_report(hidden=100, starts=200, matrices=20, draws=1000, seed=0,
-                    out=None) -> dict:
-    """The four 2-node cases, and np_init at N = hidden under the same zero-input map."""
-    out = sys.stdout if out is None else out
-    cases = nr.two_node_cases()
+def _print_two_node_cases(cases, out) -> None:
+    """Where h_{t+1} = max(0, W h_t) takes h_0 = (1, 0.25) in each 2-node case."""
     h0 = np.array([[1.0, 0.25]])
     T2 = 50
     print("Zero-input, zero-bias ReLU map h_{t+1} = max(0, W h_t), 2 nodes, "
@@ -2783,10 +3057,13 @@ def dynamics_report(hidden=100, starts=200, matrices=20, draws=1000, seed=0,
         end = f"({hT[0]:.4g}, {hT[1]:.4g})"
         print(f"({c.key})  {W:<28} {ev:<14} {end:<24} {c.fate}", file=out)
 
-    N = hidden
-    rng = np.random.default_rng(seed)
-    steps = (1, 5, 10, 20, 50, 100, 200)
-    tmax = steps[-1]
+
+def np_init_decay(N: int, starts: int, matrices: int, tmax: int,
+                  rng: np.random.Generator):
+    """Median over ``starts`` non-negative starts (uniform in [0, 1]^N) of |h_t| / |h_0|
+    for t = 0..tmax under the zero-input map, per np_init(N) draw: with ReLU (relu) and
+    without it (linear: h_{t+1} = W h_t), each (matrices, tmax + 1); and for IRNN's
+    W = I under ReLU (irnn, (tmax + 1,)). Returns (relu, linear, irnn)."""
     relu, linear = [], []
     for _ in range(matrices):
         W = nr.np_init(N, rng)
@@ -2801,14 +3078,17 @@ def dynamics_report(hidden=100, starts=200, matrices=20, draws=1000, seed=0,
             h = h @ W.T                                     # linear map, no clipping
             lin[t] = np.linalg.norm(h, axis=1) / n0
         linear.append(np.median(lin, axis=1))
-    relu = np.array(relu)                                   # (matrices, tmax + 1)
-    linear = np.array(linear)
     Hc = rng.uniform(0.0, 1.0, size=(starts, N))            # IRNN, W = I, measured too
     irnn = np.median(np.linalg.norm(nr.autonomous_trajectories(np.eye(N), Hc, tmax), axis=2)
                      / np.linalg.norm(Hc, axis=1), axis=1)
+    return np.array(relu), np.array(linear), irnn           # (matrices, tmax + 1) twice
+
+
+def _print_decay_table(N, relu, linear, irnn, steps, starts, seed, out) -> None:
+    """np_init_decay's medians and ranges over the draws at the given steps."""
     print(f"\nnp_init at N = {N} under the same map: median over {starts} non-negative "
           f"starts (uniform in [0, 1]^N) of |h_t| / |h_0|,\nper matrix; median and range "
-          f"over {matrices} np_init draws (seed {seed}):", file=out)
+          f"over {relu.shape[0]} np_init draws (seed {seed}):", file=out)
     print(f"{'t':>5} {'np ReLU median':>15} {'np ReLU min':>12} {'np ReLU max':>12} "
           f"{'np linear':>10} {'IRNN (W=I)':>11}", file=out)
     for t in steps:
@@ -2819,6 +3099,10 @@ def dynamics_report(hidden=100, starts=200, matrices=20, draws=1000, seed=0,
           "the top eigenvector; with ReLU the mixed-sign top eigenvector is clipped away.",
           file=out)
 
+
+def _mixed_sign_report(draws, seed, out) -> dict:
+    """How often np_init's top eigenvector has mixed signs, per N (draws each, rng
+    seed + 1), and the fates of np_init(2) trajectories; returns {N: fraction}."""
     fractions = {}
     mrng = np.random.default_rng(seed + 1)
     print(f"\nFraction of np_init draws whose top eigenvector has entries of both signs "
@@ -2836,44 +3120,54 @@ def dynamics_report(hidden=100, starts=200, matrices=20, draws=1000, seed=0,
     print(f"  < 0 (top eigenvector of mixed signs):   {neg:>5} draws; "
           f"{two['zero_neg']}/{5 * neg} trajectories at 0 (|h| < 1e-6 |h0|), the largest "
           f"|h_2000| / |h_0| is {two['max_neg']:.3g}", file=out)
-    return {"cases": cases, "relu": relu, "linear": linear, "irnn": irnn,
-            "fractions": fractions, "N": N}
+    return fractions
 
 
-def plot_dynamics(result, path, Figure, out=None):
+def dynamics_report(hidden=ANALYSIS_HIDDEN, starts=200, matrices=20, draws=1000, seed=0,
+                    out=None) -> dict:
+    """The four 2-node cases, and np_init at N = hidden under the same zero-input map."""
     out = sys.stdout if out is None else out
-    fig = Figure(figsize=(10.5, 6.7), layout="constrained")
-    axes = fig.subplots(2, 3)
-    g = np.linspace(0.0, 2.0, 11)
-    GX, GY = np.meshgrid(g, g)
-    P = np.stack([GX.ravel(), GY.ravel()], axis=1)          # (225, 2) grid of states
-    starts = np.array([[2.0, 0.2], [2.0, 1.0], [1.6, 2.0], [0.8, 2.0], [0.2, 2.0],
-                       [1.0, 0.1], [0.3, 0.6], [1.2, 1.4], [0.1, 1.2]]) * 0.9
-    for ax, c in zip(axes.ravel()[:4], result["cases"]):
-        step = np.maximum(P @ c.W.T, 0.0) - P                # displacement h_{t+1} - h_t
-        ax.quiver(P[:, 0], P[:, 1], step[:, 0], step[:, 1], color="0.7",
-                  angles="xy", scale_units="xy", scale=2.5, width=0.004)
-        traj = nr.autonomous_trajectories(c.W, starts, 40)
-        for k in range(starts.shape[0]):
-            ax.plot(traj[:, k, 0], traj[:, k, 1], "-o", ms=2.5, lw=1, color="C0",
-                    label="trajectory h_0, h_1, ..." if k == 0 else None)
-        ax.plot(starts[:, 0], starts[:, 1], "s", ms=4, color="C3", label="start h_0")
-        v = c.top_eigenvector
-        if c.key != "b":                                    # for W = I every vector is one
-            ax.plot([0, 3 * v[0]], [0, 3 * v[1]], "--", color="C2", lw=1.2)
-        else:
-            ax.plot([], [], "--", color="C2", lw=1.2, label="top eigenvector (a, c, d)")
-            ax.plot([], [], "-", color="0.7", label="step h_{t+1} - h_t")
-            ax.text(1.0, 0.35, "every state is fixed", ha="center", fontsize=9)
-            ax.legend(loc="upper center", fontsize=8)
-        ev = ", ".join(f"{e:g}" for e in c.eigenvalues)
-        ax.set_title(f"({c.key}) {c.title}\neigenvalues {ev}", fontsize=10)
-        ax.set_xlim(0, 2)
-        ax.set_ylim(0, 2)
-        ax.set_aspect("equal")
-        ax.set_xlabel("h[0]")
-        ax.set_ylabel("h[1]")
-    ax = axes[1, 1]
+    cases = nr.two_node_cases()
+    _print_two_node_cases(cases, out)
+    steps = (1, 5, 10, 20, 50, 100, 200)
+    relu, linear, irnn = np_init_decay(hidden, starts, matrices, steps[-1],
+                                       np.random.default_rng(seed))
+    _print_decay_table(hidden, relu, linear, irnn, steps, starts, seed, out)
+    fractions = _mixed_sign_report(draws, seed, out)
+    return {"cases": cases, "relu": relu, "linear": linear, "irnn": irnn,
+            "fractions": fractions, "N": hidden}
+
+
+def _plot_two_node_case(ax, c, P, starts) -> None:
+    """One 2-node case: the step field on the grid P, trajectories from ``starts``, and
+    the top eigenvector."""
+    step = np.maximum(P @ c.W.T, 0.0) - P                    # displacement h_{t+1} - h_t
+    ax.quiver(P[:, 0], P[:, 1], step[:, 0], step[:, 1], color="0.7",
+              angles="xy", scale_units="xy", scale=2.5, width=0.004)
+    traj = nr.autonomous_trajectories(c.W, starts, 40)
+    for k in range(starts.shape[0]):
+        ax.plot(traj[:, k, 0], traj[:, k, 1], "-o", ms=2.5, lw=1, color="C0",
+                label="trajectory h_0, h_1, ..." if k == 0 else None)
+    ax.plot(starts[:, 0], starts[:, 1], "s", ms=4, color="C3", label="start h_0")
+    v = c.top_eigenvector
+    if c.key != "b":                                        # for W = I every vector is one
+        ax.plot([0, 3 * v[0]], [0, 3 * v[1]], "--", color="C2", lw=1.2)
+    else:
+        ax.plot([], [], "--", color="C2", lw=1.2, label="top eigenvector (a, c, d)")
+        ax.plot([], [], "-", color="0.7", label="step h_{t+1} - h_t")
+        ax.text(1.0, 0.35, "every state is fixed", ha="center", fontsize=9)
+        ax.legend(loc="upper center", fontsize=8)
+    ev = ", ".join(f"{e:g}" for e in c.eigenvalues)
+    ax.set_title(f"({c.key}) {c.title}\neigenvalues {ev}", fontsize=10)
+    ax.set_xlim(0, 2)
+    ax.set_ylim(0, 2)
+    ax.set_aspect("equal")
+    ax.set_xlabel("h[0]")
+    ax.set_ylabel("h[1]")
+
+
+def _plot_np_decay(ax, result) -> None:
+    """np_init's median decay (and range over draws) beside the linear map and IRNN."""
     t = np.arange(result["relu"].shape[1])
     med = np.median(result["relu"], axis=0)
     ax.fill_between(t, np.maximum(result["relu"].min(axis=0), 1e-300),
@@ -2888,16 +3182,34 @@ def plot_dynamics(result, path, Figure, out=None):
     ax.set_ylabel("median |h_t| / |h_0|")
     ax.set_title(f"np_init, N = {result['N']}, zero input", fontsize=10)
     ax.legend(fontsize=7, loc="lower left")
-    ax = axes[1, 2]
-    ns = list(result["fractions"])
-    ax.bar([str(n) for n in ns], [result["fractions"][n] for n in ns], color="C4")
+
+
+def _plot_mixed_fractions(ax, fractions) -> None:
+    ns = list(fractions)
+    ax.bar([str(n) for n in ns], [fractions[n] for n in ns], color="C4")
     for i, n in enumerate(ns):
-        ax.text(i, result["fractions"][n] + 0.02, f"{result['fractions'][n]:.2f}",
-                ha="center", fontsize=9)
+        ax.text(i, fractions[n] + 0.02, f"{fractions[n]:.2f}", ha="center", fontsize=9)
     ax.set_ylim(0, 1.1)
     ax.set_xlabel("N")
     ax.set_ylabel("fraction of draws")
     ax.set_title("np_init: top eigenvector has mixed signs", fontsize=10)
+
+
+def plot_dynamics(result, path, Figure, out=None):
+    """dynamics_report's figure: the four 2-node phase portraits, np_init's decay and the
+    mixed-sign fractions."""
+    out = sys.stdout if out is None else out
+    fig = Figure(figsize=(10.5, 6.7), layout="constrained")
+    axes = fig.subplots(2, 3)
+    g = np.linspace(0.0, 2.0, 11)
+    GX, GY = np.meshgrid(g, g)
+    P = np.stack([GX.ravel(), GY.ravel()], axis=1)          # (121, 2) grid of states
+    starts = np.array([[2.0, 0.2], [2.0, 1.0], [1.6, 2.0], [0.8, 2.0], [0.2, 2.0],
+                       [1.0, 0.1], [0.3, 0.6], [1.2, 1.4], [0.1, 1.2]]) * 0.9
+    for ax, c in zip(axes.ravel()[:4], result["cases"]):
+        _plot_two_node_case(ax, c, P, starts)
+    _plot_np_decay(axes[1, 1], result)
+    _plot_mixed_fractions(axes[1, 2], result["fractions"])
     fig.suptitle("h_{t+1} = max(0, W h_t), zero input: the four 2-node cases (a)-(d) and "
                  "np_init", fontsize=11)
     _save(fig, path, out)
@@ -2908,14 +3220,15 @@ def plot_dynamics(result, path, Figure, out=None):
 def _analysis_models(schemes, hidden, seed, trained):
     """[(label, params, nonlinearity)], and (task, seq_len) of the checkpoint or None.
 
-    Without a checkpoint: a fresh initialisation of every scheme (weights seeded by
-    (seed, 1), the same for every scheme). With one: a fresh initialisation of its scheme
-    at its size (not the run's own initial weights), then the trained weights.
+    Without a checkpoint (``trained`` None): a fresh initialisation of every scheme
+    (weights seeded by (seed, 1), the same for every scheme). With one (load_trained's
+    (params, config, step); schemes and hidden are not used): a fresh initialisation of
+    its scheme at its size (not the run's own initial weights), then the trained weights.
     """
     if trained is None:
         return [(s, nr.init_params(2, hidden, 1, s, np.random.default_rng((seed, 1))),
                  nr.SCHEMES[s].nonlinearity) for s in schemes], None
-    params, config, step = _load_trained(trained)
+    params, config, step = trained
     hidden = params["W_hh"].shape[0]
     scheme = str(config["scheme"])
     models = []
@@ -2928,11 +3241,12 @@ def _analysis_models(schemes, hidden, seed, trained):
 
 
 def _analysis_data(models, trained_info, seq_len, batch, seed):
-    """One adding-problem batch shared by every model (the data rng is seeded by seed):
-    x (T, B, 2), target (B, 1); a multiplication checkpoint gets the product target."""
-    task, T = trained_info if trained_info else ("adding", 400)
+    """One batch of the checkpoint's task (the adding problem without one) shared by every
+    model, the data rng seeded by seed: x (T, B, 2), target (B, 1); T is seq_len, else
+    the checkpoint's, else ANALYSIS_SEQ_LEN."""
+    task, T = trained_info if trained_info else ("adding", ANALYSIS_SEQ_LEN)
     T = seq_len or T
-    make = multiplication_problem if task == "multiplication" else adding_problem
+    make, _ = ANALYSIS_TASKS[task]
     x, target = make(batch, T, np.random.default_rng(seed))            # same x either way
     dtype = models[-1][1]["W_hh"].dtype                                 # the params' dtype
     return x.astype(dtype), target.astype(dtype)
@@ -2956,41 +3270,52 @@ def _curve_table(title, curves, ratio_name, out):
     return ratios
 
 
+def _problem_name(trained=None) -> str:
+    """The data's task in words: the checkpoint's (load_trained's tuple), else adding."""
+    return ANALYSIS_TASKS[trained[1]["task"] if trained else "adding"][1]
+
+
 def _per_step_report(curve_of, title_of, schemes, hidden, seq_len, batch, seed, trained,
                      out):
     """Shared body of gradflow_report and sensitivity_report: one curve over t per model
-    (curve_of(params, x, target, nonlinearity)), printed as a table."""
+    (curve_of(params, x, target, nonlinearity)), printed as a table titled
+    title_of(problem, T, B)."""
     out = sys.stdout if out is None else out
     models, info = _analysis_models(schemes, hidden, seed, trained)
     x, target = _analysis_data(models, info, seq_len, batch, seed)
     curves = {label: curve_of(params, x, target, nl) for label, params, nl in models}
     T, B = x.shape[:2]
-    _curve_table(title_of(T, B), curves, "t=1 / t=T", out)
+    _curve_table(title_of(_problem_name(trained), T, B), curves, "t=1 / t=T", out)
     return curves
 
 
-def gradflow_report(schemes=ANALYSIS_SCHEMES, hidden=100, seq_len=None, batch=32, seed=0,
-                    trained=None, out=None) -> dict:
-    """|dL/dh_t| for every t and model, MSE of the adding problem at the last step."""
+def gradflow_report(schemes=ANALYSIS_SCHEMES, hidden=ANALYSIS_HIDDEN, seq_len=None,
+                    batch=32, seed=0, trained=None, out=None) -> dict:
+    """|dL/dh_t| for every t and model, MSE at the last step (see _analysis_models for
+    schemes, hidden, seed and trained, _analysis_data for the data)."""
     return _per_step_report(
         lambda p, x, target, nl: nr.gradient_norms_through_time(
             p, x, target, loss="mse", output="last", nonlinearity=nl),
-        lambda T, B: (f"|dL/dh_t| (Frobenius norm over the batch of {B}), adding problem "
-                      f"T = {T}, MSE at the last step, seed {seed}:"),
+        lambda problem, T, B: (f"|dL/dh_t| (Frobenius norm over the batch of {B}), "
+                               f"{problem} T = {T}, MSE at the last step, seed {seed}:"),
         schemes, hidden, seq_len, batch, seed, trained, out)
 
 
-def sensitivity_report(schemes=ANALYSIS_SCHEMES, hidden=100, seq_len=None, batch=32, seed=0,
-                       trained=None, out=None) -> dict:
-    """||d h_T / d x_t||_F for every t and model, batch mean."""
+def sensitivity_report(schemes=ANALYSIS_SCHEMES, hidden=ANALYSIS_HIDDEN, seq_len=None,
+                       batch=32, seed=0, trained=None, out=None) -> dict:
+    """||d h_T / d x_t||_F for every t and model, batch mean (arguments as for
+    gradflow_report)."""
     return _per_step_report(
         lambda p, x, target, nl: nr.input_sensitivity(p, x, nonlinearity=nl)[1],
-        lambda T, B: (f"||d h_T / d x_t||_F, mean over {B} adding-problem sequences, "
-                      f"T = {T}, seed {seed}:"),
+        lambda problem, T, B: (f"||d h_T / d x_t||_F, mean over {B} "
+                               f"{problem.replace(' ', '-')} sequences, T = {T}, "
+                               f"seed {seed}:"),
         schemes, hidden, seq_len, batch, seed, trained, out)
 
 
 def plot_time_curves(curves, path, Figure, ylabel, title, out=None):
+    """One curve over t per model on a log axis; values that underflow are named in the
+    legend."""
     out = sys.stdout if out is None else out
     fig = Figure(figsize=(8, 4.8), layout="constrained")
     ax = fig.subplots()
@@ -3016,10 +3341,23 @@ def plot_time_curves(curves, path, Figure, ylabel, title, out=None):
     _save(fig, path, out)
 
 
+def plot_gradflow(curves, path, Figure, problem="adding problem", out=None):
+    T = len(next(iter(curves.values())))
+    plot_time_curves(curves, path, Figure, "|dL/dh_t| (Frobenius, over the batch)",
+                     f"gradient flowing back to h_t, {problem}, T = {T} (MSE at t = T)",
+                     out)
+
+
+def plot_sensitivity(curves, path, Figure, out=None):
+    T = len(next(iter(curves.values())))
+    plot_time_curves(curves, path, Figure, "mean ||d h_T / d x_t||_F",
+                     f"sensitivity of the last state to the input at step t, T = {T}", out)
+
+
 # ---- spectrum ---------------------------------------------------------------------------
 
-def spectrum_report(schemes=ANALYSIS_SCHEMES, hidden=100, seed=0, trained=None,
-                    out=None) -> dict:
+def spectrum_report(schemes=ANALYSIS_SCHEMES, hidden=ANALYSIS_HIDDEN, seed=0,
+                    trained=None, out=None) -> dict:
     """Eigenvalue summary of every W_hh, and what the zero-input ReLU map does with it:
     the median over 100 non-negative starts (uniform in [0, 1]^N, rng (seed, 2)) of
     |h_200| / |h_0| under h_{t+1} = max(0, W_hh h_t)."""
@@ -3080,96 +3418,112 @@ def plot_spectrum(specs, path, Figure, out=None):
 
 # ---- command wiring ---------------------------------------------------------------------
 
-def _run_analysis(args, name, report, plot):
-    Figure = None
-    if args.plot:
-        Figure = _figure_class()
-        if Figure is None:
-            print(f"tasks.py {name}: error: {MATPLOTLIB_MISSING} (or run without "
-                  "--plot for the tables)", file=sys.stderr)
-            return 2
-    try:
-        result = report()
-    except (ValueError, FileNotFoundError) as e:
-        print(f"tasks.py {name}: error: {e}", file=sys.stderr)
-        return 2
-    if Figure is not None:
-        plot(result, args.out_fig or os.path.join(FIGURES_DIR, f"{name}.png"), Figure)
-    return 0
+def _analysis_figure(args, command):
+    """(path, Figure) for --plot [PNG], or (None, None) without it. Refuses, before any
+    work, an existing PNG without --force, a path that cannot be written, and a missing
+    matplotlib."""
+    path = _figure_path(args, command)
+    if path is None:
+        return None, None
+    _check_outputs([path], args.force)
+    return path, _figure_class()
+
+
+def _analysis_choices(args):
+    """(schemes, hidden, trained) of the command line. Without --trained: --schemes and
+    --hidden or their defaults, and None. With it: the loaded checkpoint, which fixes the
+    scheme and size, so --schemes and --hidden given too are refused, as is a file that
+    is not a checkpoint of an ANALYSIS_TASKS task."""
+    if args.trained is None:
+        hidden = ANALYSIS_HIDDEN if args.hidden is None else args.hidden
+        return args.schemes or ANALYSIS_SCHEMES, hidden, None
+    _refuse_explicit(args, ["--schemes", "--hidden"],
+                     "with --trained (the checkpoint fixes the scheme and size)")
+    with _as_usage_error(FileNotFoundError, ValueError):
+        trained = load_trained(args.trained)
+    return None, None, trained
 
 
 def cmd_dynamics(args):
-    return _run_analysis(
-        args, "dynamics",
-        lambda: dynamics_report(args.hidden, args.starts, args.matrices, args.draws,
-                                args.seed),
-        plot_dynamics)
+    path, Figure = _analysis_figure(args, "dynamics")
+    result = dynamics_report(args.hidden, args.starts, args.matrices, args.draws, args.seed)
+    if path:
+        plot_dynamics(result, path, Figure)
+    return 0
 
 
 def cmd_gradflow(args):
-    return _run_analysis(
-        args, "gradflow",
-        lambda: gradflow_report(args.schemes, args.hidden, args.seq_len, args.batch,
-                                args.seed, args.trained),
-        lambda r, path, F: plot_time_curves(
-            r, path, F, "|dL/dh_t| (Frobenius, over the batch)",
-            f"gradient flowing back to h_t, adding problem, T = {len(next(iter(r.values())))}"
-            " (MSE at t = T)"))
+    path, Figure = _analysis_figure(args, "gradflow")
+    schemes, hidden, trained = _analysis_choices(args)
+    curves = gradflow_report(schemes, hidden, args.seq_len, args.batch, args.seed, trained)
+    if path:
+        plot_gradflow(curves, path, Figure, _problem_name(trained))
+    return 0
 
 
 def cmd_sensitivity(args):
-    return _run_analysis(
-        args, "sensitivity",
-        lambda: sensitivity_report(args.schemes, args.hidden, args.seq_len, args.batch,
-                                   args.seed, args.trained),
-        lambda r, path, F: plot_time_curves(
-            r, path, F, "mean ||d h_T / d x_t||_F",
-            f"sensitivity of the last state to the input at step t, "
-            f"T = {len(next(iter(r.values())))}"))
+    path, Figure = _analysis_figure(args, "sensitivity")
+    schemes, hidden, trained = _analysis_choices(args)
+    curves = sensitivity_report(schemes, hidden, args.seq_len, args.batch, args.seed,
+                                trained)
+    if path:
+        plot_sensitivity(curves, path, Figure)
+    return 0
 
 
 def cmd_spectrum(args):
-    return _run_analysis(
-        args, "spectrum",
-        lambda: spectrum_report(args.schemes, args.hidden, args.seed, args.trained),
-        plot_spectrum)
+    path, Figure = _analysis_figure(args, "spectrum")
+    schemes, hidden, trained = _analysis_choices(args)
+    specs = spectrum_report(schemes, hidden, args.seed, trained)
+    if path:
+        plot_spectrum(specs, path, Figure)
+    return 0
+
+
+def _analysis_parser(sub, threads, command, help, description):
+    """A subcommand with the options every analysis command has: --seed, --plot [PNG],
+    --force, --threads."""
+    p = sub.add_parser(command, parents=[threads], help=help, description=description)
+    p.add_argument("--seed", type=int, default=0, help="seed of data and weights "
+                   "(default 0)")
+    p.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG",
+                   help=f"also draw the figure into PNG (default ./{command}.png); needs "
+                   "matplotlib")
+    p.add_argument("--force", action="store_true", help="overwrite an existing PNG")
+    return p
+
+
+def _add_model_options(p, seq=True) -> None:
+    """The networks compared (--schemes, --hidden or --trained) and, with ``seq``, the
+    batch they are run on (--seq-len, --batch)."""
+    p.add_argument("--schemes", type=_schemes_arg, default=None,
+                   help="comma-separated initialisations (default "
+                   f"{','.join(ANALYSIS_SCHEMES)}; any of {', '.join(nr.SCHEMES)})")
+    p.add_argument("--hidden", type=_positive_int, default=None,
+                   help=f"hidden units N (default {ANALYSIS_HIDDEN})")
+    p.add_argument("--trained", metavar="CHECKPOINT", default=None,
+                   help="a checkpoint (.npz) of an adding or multiply run: compare its "
+                   "weights with a fresh initialisation of its scheme at its size (so not "
+                   "with --schemes or --hidden)")
+    if seq:
+        p.add_argument("--seq-len", type=_seq_len, default=None,
+                       help=f"sequence length T (default {ANALYSIS_SEQ_LEN}, or the "
+                       "checkpoint's with --trained)")
+        p.add_argument("--batch", type=_positive_int, default=32,
+                       help="sequences of the checkpoint's task, or of the adding problem "
+                       "(default 32)")
 
 
 def _add_analysis_commands(sub):
-    def common(p, name, seq=True, schemes=True, trained=True):
-        p.add_argument("--hidden", type=_positive_int, default=100,
-                       help="hidden units N (default 100)")
-        if seq:
-            p.add_argument("--seq-len", type=_seq_len, default=None,
-                           help="sequence length T of the adding problem (default 400, or "
-                           "the checkpoint's with --trained)")
-            p.add_argument("--batch", type=_positive_int, default=32,
-                           help="adding-problem sequences (default 32)")
-        if schemes:
-            p.add_argument("--schemes", type=_schemes_arg, default=ANALYSIS_SCHEMES,
-                           help="comma-separated initialisations (default "
-                           f"{','.join(ANALYSIS_SCHEMES)}; any of {', '.join(nr.SCHEMES)})")
-        if trained:
-            p.add_argument("--trained", metavar="CHECKPOINT", default=None,
-                           help="a training checkpoint (.npz): compare its weights with a "
-                           "fresh initialisation of its scheme (--schemes, --hidden ignored)")
-        p.add_argument("--seed", type=int, default=0, help="seed of data and weights "
-                       "(default 0)")
-        p.add_argument("--plot", action="store_true",
-                       help=f"also draw the figure (needs matplotlib), default "
-                       f"figures/{name}.png")
-        p.add_argument("--out-fig", metavar="PATH", default=None,
-                       help=f"where --plot writes the PNG (default figures/{name}.png)")
-        p.add_argument("--threads", type=_positive_int, default=1,
-                       help="BLAS threads, set before numpy is imported (default 1)")
-
-    d = sub.add_parser("dynamics", help="the 2-node phase portraits (cases a-d) and np_init "
-                       "at N = --hidden under the zero-input ReLU map",
-                       description="Tables of the paper's four 2-node cases of "
-                       "h_{t+1} = max(0, W h_t) and of what an np_init matrix does under the "
-                       "same map (measured decay beside IRNN), and the fraction of np_init "
-                       "draws whose top eigenvector has mixed signs.")
-    common(d, "dynamics", seq=False, schemes=False, trained=False)
+    threads, _ = _parent_parsers()
+    d = _analysis_parser(
+        sub, threads, "dynamics", help="the 2-node phase portraits (cases a-d) and np_init "
+        "at N = --hidden under the zero-input ReLU map",
+        description="Tables of the paper's four 2-node cases of h_{t+1} = max(0, W h_t) "
+        "and of what an np_init matrix does under the same map (measured decay beside "
+        "IRNN), and the fraction of np_init draws whose top eigenvector has mixed signs.")
+    d.add_argument("--hidden", type=_positive_int, default=ANALYSIS_HIDDEN,
+                   help=f"hidden units N of the decay table (default {ANALYSIS_HIDDEN})")
     d.add_argument("--starts", type=_positive_int, default=200,
                    help="non-negative random starting states per matrix (default 200)")
     d.add_argument("--matrices", type=_positive_int, default=20,
@@ -3178,31 +3532,105 @@ def _add_analysis_commands(sub):
                    help="np_init draws per N for the mixed-sign fraction (default 1000)")
     d.set_defaults(func=cmd_dynamics)
 
-    g = sub.add_parser("gradflow", help="|dL/dh_t| against t per initialisation (adding "
-                       "problem)", description="The norm of the loss gradient reaching each "
-                       "hidden state h_t, at initialisation (or for a trained checkpoint), "
-                       "on one adding-problem batch: vanishing and exploding gradients.")
-    common(g, "gradflow")
+    g = _analysis_parser(
+        sub, threads, "gradflow", help="|dL/dh_t| against t per initialisation (adding "
+        "problem)", description="The norm of the loss gradient reaching each hidden state "
+        "h_t, at initialisation (or for a trained checkpoint), on one batch of the adding "
+        "problem (or of the checkpoint's task): vanishing and exploding gradients.")
+    _add_model_options(g)
     g.set_defaults(func=cmd_gradflow)
 
-    s = sub.add_parser("sensitivity", help="||d h_T / d x_t|| against t per initialisation",
-                       description="The Frobenius norm of the Jacobian of the last hidden "
-                       "state with respect to the input at step t, averaged over an "
-                       "adding-problem batch, computed with H backward passes.")
-    common(s, "sensitivity")
+    s = _analysis_parser(
+        sub, threads, "sensitivity", help="||d h_T / d x_t|| against t per initialisation",
+        description="The Frobenius norm of the Jacobian of the last hidden state with "
+        "respect to the input at step t, averaged over a batch of the adding problem (or "
+        "of the checkpoint's task), computed with H backward passes.")
+    _add_model_options(s)
     s.set_defaults(func=cmd_sensitivity)
 
-    p = sub.add_parser("spectrum", help="eigenvalues of W_hh per initialisation (or before "
-                       "and after training)", description="Spectral radius, norm and "
-                       "eigenvalue distribution of W_hh for each initialisation, or for a "
-                       "checkpoint beside a fresh initialisation of its scheme.")
-    common(p, "spectrum", seq=False)
+    p = _analysis_parser(
+        sub, threads, "spectrum", help="eigenvalues of W_hh per initialisation (or before "
+        "and after training)", description="Spectral radius, norm and eigenvalue "
+        "distribution of W_hh for each initialisation, or for a checkpoint beside a fresh "
+        "initialisation of its scheme.")
+    _add_model_options(p, seq=False)
     p.set_defaults(func=cmd_spectrum)
 
 
 # ---------------------------------------------------------------------------------------
 # The command line
 # ---------------------------------------------------------------------------------------
+#
+# Conventions, the same for every command:
+# - A figure is asked for with --plot [PNG]: the path given, or <command>.png in --out
+#   when the command has one, else in the current folder.
+# - An existing file or folder is never overwritten without --force; the committed
+#   figures are regenerated with --plot figures/<name>.png --force.
+# - Usage errors (bad option values, bad input files, existing outputs, an option the
+#   command cannot honour) and a missing optional package exit 2 with one line on stderr
+#   and no traceback. A run that raised an error makes the command exit 1; a run that
+#   diverged is a measured outcome (recorded, reported, exit 0).
+
+
+class UsageError(Exception):
+    """A mistake in what the user asked for: main prints it on one line and exits 2."""
+
+
+class MissingPackage(UsageError):
+    """An optional package is needed and missing; the message says what to install."""
+
+
+def _figure_path(args, command):
+    """The PNG path of --plot [PNG] (None without --plot)."""
+    if getattr(args, "plot", None) is None:
+        return None
+    if args.plot:
+        return args.plot
+    out = getattr(args, "out", None)
+    return os.path.join(out, f"{command}.png") if out else f"{command}.png"
+
+
+def _check_outputs(paths, force):
+    """Refuse, before any work, an output that exists (without --force) or that cannot
+    be written: a missing or non-folder parent, or a parent without write permission."""
+    for p in paths:
+        if not p:
+            continue
+        if os.path.exists(p) and not force:
+            raise UsageError(f"{p} already exists; pass --force to overwrite it, or "
+                             "choose another path")
+        parent = os.path.dirname(os.path.abspath(p))
+        while not os.path.exists(parent):           # folders we will create
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            raise UsageError(f"cannot write {p}: {parent} is not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise UsageError(f"cannot write {p}: no write permission in {parent}")
+
+
+def _refuse_explicit(args, names, why):
+    """Exit 2 when any option of ``names`` was given explicitly (its value is not None)."""
+    given = [n for n in names if getattr(args, n.lstrip("-").replace("-", "_"), None)
+             is not None]
+    if given:
+        raise UsageError(f"{', '.join(given)} cannot be used {why}")
+
+
+def _parent_parsers():
+    """Parent parsers of the options many commands share: threads (every command that
+    computes), and jobs (the training commands)."""
+    threads = argparse.ArgumentParser(add_help=False)
+    threads.add_argument("--threads", type=_positive_int, default=1,
+                         help="BLAS threads per process, set before numpy is imported "
+                         "(default 1: small products are fastest on one thread)")
+    jobs = argparse.ArgumentParser(add_help=False)
+    jobs.add_argument("--jobs", type=_positive_int, default=2,
+                      help="worker processes running the runs in parallel (default 2)")
+    jobs.add_argument("--progress-every", type=_pos_float, default=30.0, metavar="S",
+                      help="when the output is not a terminal, print each run's progress "
+                      "every S seconds (default 30)")
+    return threads, jobs
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
@@ -3230,8 +3658,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave glibc's mmap and trim thresholds at their defaults, to see "
                    "what fresh page faults on every call cost")
     b.set_defaults(func=cmd_bench)
-    _add_experiment_commands(sub)
-    _add_paper_commands(sub)
+    threads, jobs = _parent_parsers()
+    _add_experiment_commands(sub, [threads, jobs])
+    _add_paper_commands(sub, [threads, jobs])
     _add_fixture_commands(sub)
     _add_analysis_commands(sub)
     return p
@@ -3239,7 +3668,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f"tasks.py {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
