@@ -1,16 +1,29 @@
 #!/usr/bin/env python3
-"""tasks.py: data for the paper's tasks and the command line of nprnn-ref.
+"""tasks.py: the paper's tasks, training, and the command line of nprnn-ref.
 
-    python tasks.py adding | multiply          the adding / multiplication problem
-    python tasks.py digits | mnist --data P    pixel-by-pixel classification
+A library first, read top to bottom, then its command line:
+    task data          adding_problem, multiplication_problem, load_pixel_dataset, ...
+    training           RunConfig, train_run (on-the-fly data), checkpoints, run_many
+    the paper          PaperRun, paper_run, train_paper_run (fixed training sets, the
+                       paper's metric, run folders that continue their history)
+    fixtures           golden fixtures for other backends and their checker
+    analysis           the paper's dynamical-systems argument, measured
+    output             tables, curves.csv, summary.json, figures
+    bench              loss_and_grads against its floor (and PyTorch)
+    the command line   python tasks.py COMMAND ...
+
+    python tasks.py adding | multiply          the main job: the adding / multiplication problem
+    python tasks.py pixel | digits             pixel-by-pixel classification (mnist: an alias)
     python tasks.py sweep adding               hyperparameter sensitivity (lr x clip x seeds)
+    python tasks.py paper adding|multiply|pixel   the paper's own protocol, run folders
+    python tasks.py resume ROOT                continue every unfinished run of a job
     python tasks.py dynamics | gradflow | sensitivity | spectrum
                                                the paper's dynamical-systems argument
     python tasks.py export-fixtures DIR | verify-fixtures DIR --against MOD:FN
                                                golden fixtures for other backends
     python tasks.py bench                      loss_and_grads against its floor (and torch)
 
-Run ``python tasks.py -h`` for every subcommand and ``python tasks.py CMD -h`` for its
+Run ``python tasks.py -h`` for every command and ``python tasks.py CMD -h`` for its
 options. BLAS threads are set from --threads (default 1) before NumPy is imported, because
 small matrix products run fastest on one thread per process; the command line also keeps
 freed memory in glibc's heap (see MALLOC_SETTINGS).
@@ -70,170 +83,25 @@ if __name__ == "__main__":
                           "raised)" if _keep_freed_memory() else "C library defaults")
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
+import hashlib  # noqa: E402
+import importlib  # noqa: E402
+import importlib.util  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
+import subprocess  # noqa: E402
 import time  # noqa: E402
+import traceback  # noqa: E402
+import zipfile  # noqa: E402
 
 import numpy as np  # noqa: E402
 
 import nprnn_ref as nr  # noqa: E402
 
 
-def _int_at_least(minimum: int, why: str = ""):
-    """An argparse type: an integer >= minimum (``why`` explains the bound in errors)."""
-    def parse(text: str) -> int:
-        try:
-            v = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
-        if v < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}{why}, got {v}")
-        return v
-    return parse
-
-
-_positive_int = _int_at_least(1)
-# --seq-len of the adding and multiplication problems: one marker per half needs T >= 2.
-_seq_len = _int_at_least(2, " (one marker in each half of the sequence)")
-
-
 # ---------------------------------------------------------------------------------------
-# bench: loss_and_grads against the floor of its unavoidable matrix products
-# ---------------------------------------------------------------------------------------
-
-DEFAULT_BENCH_SHAPES = ((150, 16, 100, 2), (784, 16, 100, 1), (200, 64, 256, 8))
-
-
-def _parse_shape(text: str):
-    parts = text.split(",")
-    try:
-        vals = tuple(int(p) for p in parts)
-    except ValueError:
-        vals = ()
-    if len(vals) != 4 or min(vals) < 1:
-        raise argparse.ArgumentTypeError(
-            f"--shape must be four integers >= 1 as T,B,H,D, got {text!r}")
-    return vals
-
-
-def make_floor(params, x):
-    """The floor of one loss_and_grads call: the 2T recurrent products of a (B, H) by
-    (H, H) matrix and the three big products (input projection, dW_hx, dW_hh), into
-    preallocated buffers, with nothing else."""
-    T, B, D = x.shape
-    H = params["W_hh"].shape[0]
-    W_hx, W_hh = params["W_hx"], params["W_hh"]
-    x2 = x.reshape(T * B, D)
-    hs = np.zeros((T + 1, B, H), x.dtype)
-    d = np.zeros((T, B, H), x.dtype)
-    proj = np.empty((T * B, H), x.dtype)
-    WT = W_hh.T
-
-    def floor():
-        np.matmul(x2, W_hx.T, out=proj)
-        for t in range(1, T + 1):
-            np.dot(hs[t - 1], WT, out=hs[t])
-        for t in range(T - 2, -1, -1):
-            np.dot(d[t + 1], W_hh, out=d[t])
-        d2 = d.reshape(T * B, H)
-        return d2.T @ x2, d2.T @ hs[:-1].reshape(T * B, H)
-    return floor
-
-
-def make_torch_step(torch, params, x, target, threads):
-    """torch.nn.RNN(relu) + Linear, forward, MSE on the last step, backward (float64)."""
-    torch.set_num_threads(int(threads))
-    T, B, D = x.shape
-    H = params["W_hh"].shape[0]
-    O = params["W_yh"].shape[0]
-    rnn = torch.nn.RNN(D, H, nonlinearity="relu", dtype=torch.float64)
-    lin = torch.nn.Linear(H, O, dtype=torch.float64)
-    with torch.no_grad():
-        rnn.weight_ih_l0.copy_(torch.from_numpy(params["W_hx"]))
-        rnn.weight_hh_l0.copy_(torch.from_numpy(params["W_hh"]))
-        rnn.bias_ih_l0.zero_()
-        rnn.bias_hh_l0.zero_()
-        lin.weight.copy_(torch.from_numpy(params["W_yh"]))
-        lin.bias.zero_()
-    xt = torch.from_numpy(x.copy()).requires_grad_(True)
-    tt = torch.from_numpy(target)
-    lossf = torch.nn.MSELoss()
-
-    def step():
-        for p in list(rnn.parameters()) + list(lin.parameters()):
-            p.grad = None
-        xt.grad = None
-        out, _ = rnn(xt)
-        loss = lossf(lin(out[-1]), tt)
-        loss.backward()
-        return loss
-    return step
-
-
-def _median_time(fn, times):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-
-
-def bench(shapes, repeats, threads, use_torch=True, seed=0, out=sys.stdout):
-    """Time loss_and_grads (relu, mse, output="last", float64) against the floor, and
-    against PyTorch when it is importable, interleaving the three in one run."""
-    torch = None
-    if use_torch:
-        try:
-            import torch  # noqa: F401  (optional)
-        except ImportError:
-            torch = None
-    print(f"allocator: {ALLOCATOR_NOTE}", file=out)
-    print(f"BLAS threads: {threads} (OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')})"
-          + (f"; torch {torch.__version__} with {threads} thread(s)" if torch else
-             "; torch not importable: install it (pip install torch==2.13.0) for the "
-             "PyTorch column"), file=out)
-    print("loss_and_grads(relu, mse, last, float64); medians of "
-          f"{repeats} interleaved repeats", file=out)
-    head = f"{'T,B,H,D':>16} {'ours ms':>9} {'floor ms':>9} {'ours/floor':>10}"
-    if torch:
-        head += f" {'torch ms':>9} {'ours/torch':>10}"
-    print(head, file=out)
-    rows = []
-    for (T, B, H, D) in shapes:
-        rng = np.random.default_rng(seed)
-        params = nr.init_params(D, H, 1, "np", rng)
-        x = rng.uniform(0.0, 1.0, size=(T, B, D))
-        target = rng.uniform(0.0, 2.0, size=(B, 1))
-        floor = make_floor(params, x)
-        ours = lambda: nr.loss_and_grads(params, x, target)  # noqa: E731
-        tstep = make_torch_step(torch, params, x, target, threads) if torch else None
-        for fn in (ours, floor) + ((tstep,) if tstep else ()):
-            fn()                                         # warm-up
-        t_ours, t_floor, t_torch = [], [], []
-        for _ in range(repeats):
-            _median_time(ours, t_ours)
-            _median_time(floor, t_floor)
-            if tstep:
-                _median_time(tstep, t_torch)
-        mo, mf = np.median(t_ours) * 1e3, np.median(t_floor) * 1e3
-        row = {"shape": (T, B, H, D), "ours_ms": mo, "floor_ms": mf, "ratio_floor": mo / mf}
-        line = f"{f'{T},{B},{H},{D}':>16} {mo:9.2f} {mf:9.2f} {mo / mf:10.2f}"
-        if tstep:
-            mt = np.median(t_torch) * 1e3
-            row.update(torch_ms=mt, ratio_torch=mo / mt)
-            line += f" {mt:9.2f} {mo / mt:10.2f}"
-        print(line, file=out, flush=True)
-        rows.append(row)
-    return rows
-
-
-def cmd_bench(args):
-    bench(args.shape or DEFAULT_BENCH_SHAPES, args.repeats, args.threads,
-          use_torch=not args.no_torch, seed=args.seed)
-    return 0
-
-
-# ---------------------------------------------------------------------------------------
-# The paper's experiments: task data, the training loop, checkpoints, parallel runs
+# Task data: the adding and multiplication problems, MNIST-format images, 8x8 digits
 # ---------------------------------------------------------------------------------------
 
 ADDING_BASELINE_MSE = 1.0 / 6.0        # predict 1 = E[a + b]: Var(a + b) = 2 / 12
@@ -468,6 +336,10 @@ def load_digits_data(rng, test_fraction=0.2):
     return {"x_train": x[tr], "y_train": y[tr], "x_test": x[te], "y_test": y[te]}
 
 
+# ---------------------------------------------------------------------------------------
+# Training: a typed run configuration, the training loop, checkpoints, parallel runs
+# ---------------------------------------------------------------------------------------
+
 # --- Tasks as seen by the training loop -----------------------------------------------
 
 TASKS = ("adding", "multiply", "pixel", "digits")   # one name per task: the command's own
@@ -492,7 +364,7 @@ class RunConfig:
     clip: float | None = 10.0       # global-norm clipping threshold; None: no clipping
     inputs: str = "paper"           # a key of nprnn_ref.INPUT_RECIPES
     seq_len: int | None = None      # adding, multiply
-    steps: int | None = None        # adding, multiply
+    steps: int | None = None        # adding, multiply (pixel, digits: instead of epochs)
     epochs: int | None = None       # pixel, digits
     eval_every: int | None = None   # None: 500 steps (adding, multiply) or one epoch
     test_size: int | None = 1000    # None: the whole test split (pixel, digits)
@@ -837,7 +709,7 @@ def train_run(cfg: RunConfig, report=None, report_every=0.5):
     """
     t_wall0 = time.perf_counter()
     task = _Task(cfg)
-    total = cfg.steps if cfg.regression else cfg.epochs * task.steps_per_epoch
+    total = cfg.steps if cfg.steps else cfg.epochs * task.steps_per_epoch
     eval_every = cfg.eval_every or task.steps_per_epoch or 500
     ck_cfg = _checkpoint_config(cfg, task)
     params, velocity, start, rng, saved = _start(cfg, task, ck_cfg, total)
@@ -1111,560 +983,10 @@ def run_many(cfgs, jobs=2, threads=1, progress=None, fn=None, label=None):
     return results
 
 
-# --- Results: table, CSV, summary.json, figures -----------------------------------------
-
-def _fmt(v, spec=".4g"):
-    return "-" if v is None else format(v, spec)
-
-
-def results_table(records, regression=True):
-    """One row per run: scheme, seed, lr, clip, final and best test metric (and for
-    regression the paper's: the share of test sequences with |error| < 0.04), steps to
-    target, divergence, wall time and training steps per second."""
-    if regression:
-        head = (f"{'scheme':<8} {'seed':>4} {'lr':>8} {'mom':>4} {'clip':>6} {'final MSE':>10} "
-                f"{'best MSE':>10} {'final <.04':>10} {'best <.04':>9} "
-                f"{'steps_to_target':>15} {'diverged':>9} {'wall s':>7} {'steps/s':>8}")
-    else:
-        head = (f"{'scheme':<8} {'seed':>4} {'lr':>8} {'mom':>4} {'clip':>6} {'final acc':>10} "
-                f"{'best acc':>10} {'final loss':>10} {'diverged':>9} {'wall s':>7} "
-                f"{'steps/s':>8}")
-    lines = [head]
-    for r in records:
-        clip = "none" if not r["clip"] else f"{r['clip']:g}"
-        row = (f"{r['scheme']:<8} {r['seed']:>4} {r['lr']:>8g} {r['momentum']:>4g} {clip:>6} ")
-        if regression:
-            stt = "never" if r["steps_to_target"] is None else str(r["steps_to_target"])
-            pct = (lambda v: "-" if v is None else f"{100 * v:.1f}%")
-            row += (f"{_fmt(r['final_test_mse']):>10} {_fmt(r['best_test_mse']):>10} "
-                    f"{pct(r.get('final_test_within')):>10} "
-                    f"{pct(r.get('best_test_within')):>9} {stt:>15} ")
-        else:
-            row += (f"{_fmt(r['final_test_accuracy']):>10} {_fmt(r['best_test_accuracy']):>10} "
-                    f"{_fmt(r['final_test_loss']):>10} ")
-        div = f"at {r['diverged_at']}" if r["diverged_at"] else "no"
-        row += (f"{div:>9} {r['wall_seconds']:>7.0f} {_fmt(r['steps_per_second'], '.0f'):>8}")
-        lines.append(row)
-    return "\n".join(lines)
-
-
-def _curve_rows(records, curves):
-    for r, c in zip(records, curves):
-        for p in c:
-            yield {"task": r["task"], "scheme": r["scheme"], "seed": r["seed"], "lr": r["lr"],
-                   "momentum": r["momentum"], "clip": r["clip"], "seq_len": r["seq_len"], **p}
-
-
-def write_outputs(out, records, curves, meta):
-    """curves.csv (one row per evaluation of every run) and summary.json (meta + one
-    record per run) in the folder ``out`` (already checked by _check_new_paths)."""
-    import csv
-    os.makedirs(out, exist_ok=True)
-    rows = list(_curve_rows(records, curves))
-    fields = []
-    for r in rows:
-        fields += [k for k in r if k not in fields]
-    with open(os.path.join(out, "curves.csv"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields, restval="")
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: ("" if v is None else v) for k, v in r.items()})
-    with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump({**meta, "runs": records}, f, indent=1)
-        f.write("\n")
-
-
-MATPLOTLIB_MISSING = "--plot needs matplotlib, which is not installed: pip install matplotlib"
-
-
-def _pyplot():
-    try:
-        import matplotlib
-    except ImportError:
-        raise MissingPackage(MATPLOTLIB_MISSING) from None
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def plot_curves(path, records, curves, title):
-    """Test metric against step, one colour per scheme (one line per seed). Regression
-    gets two panels: test MSE, and the paper's metric (% of test sequences with
-    |error| < 0.04)."""
-    plt = _pyplot()
-    regression = "final_test_mse" in records[0]
-    keys = ("test_mse", "test_within") if regression else ("test_accuracy",)
-    fig, axes = plt.subplots(1, len(keys), figsize=(6.2 * len(keys), 4.2), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        colours = {}
-        scale = 100.0 if key == "test_within" else 1.0
-        for r, c in zip(records, curves):
-            steps = [p["step"] for p in c]
-            vals = [scale * p[key] for p in c]
-            first = r["scheme"] not in colours
-            line, = ax.plot(steps, vals, lw=1.2, color=colours.get(r["scheme"]),
-                            label=r["scheme"] if first else None)
-            colours.setdefault(r["scheme"], line.get_color())
-            if r["diverged_at"]:
-                ax.plot(steps[-1:], vals[-1:], "x", color=line.get_color(), ms=8)
-        if key == "test_mse":
-            ax.set_yscale("log")
-            ax.axhline(records[0]["baseline_mse"], color="grey", ls="--", lw=0.8,
-                       label=f"predict the mean ({records[0]['baseline_mse']:.3g})")
-            ax.axhline(records[0]["target_mse"], color="grey", ls=":", lw=0.8,
-                       label=f"target ({records[0]['target_mse']:g})")
-            ax.set_ylabel("test MSE")
-        elif key == "test_within":
-            ax.set_ylim(0, 100)
-            ax.set_ylabel("% of test sequences with |error| < 0.04")
-        else:
-            ax.set_ylabel("test accuracy")
-        ax.set_xlabel("training step")
-        ax.legend(fontsize=8)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def sweep_table(records, lrs, clips):
-    """Per scheme and (lr, clip) cell: solved runs / runs (best test MSE < target), and
-    the median best test MSE. Returns (text, {scheme: fraction array (lr, clip)})."""
-    schemes = list(dict.fromkeys(r["scheme"] for r in records))
-    target = records[0]["target_mse"]
-    lines = [f"fraction of runs solved (best test MSE < {target:g}) and median best test MSE"]
-    fracs = {}
-    for s in schemes:
-        frac = np.full((len(lrs), len(clips)), np.nan)
-        lines.append(f"\n{s}: rows lr, columns clip")
-        lines.append(f"{'lr':>9} | " + " | ".join(f"{'none' if not c else f'{c:g}':>14}"
-                                                  for c in clips))
-        for i, lr in enumerate(lrs):
-            cells = []
-            for j, c in enumerate(clips):
-                rs = [r for r in records if r["scheme"] == s and r["lr"] == lr
-                      and r["clip"] == c]
-                ok = sum(1 for r in rs if r["best_test_mse"] is not None
-                         and r["best_test_mse"] < target)
-                frac[i, j] = ok / len(rs) if rs else np.nan
-                med = np.median([r["best_test_mse"] if r["best_test_mse"] is not None
-                                 else np.inf for r in rs]) if rs else np.nan
-                cells.append(f"{ok}/{len(rs)} {med:8.3g}")
-            lines.append(f"{lr:>9g} | " + " | ".join(f"{c:>14}" for c in cells))
-        fracs[s] = frac
-        mine = [r for r in records if r["scheme"] == s]
-        ok = sum(1 for r in mine if r["best_test_mse"] is not None
-                 and r["best_test_mse"] < target)
-        lines.append(f"{'':>9}   {s} solved the task in {ok} of its {len(mine)} runs")
-    return "\n".join(lines), fracs
-
-
-def plot_sweep(path, fracs, lrs, clips, title):
-    plt = _pyplot()
-    n = len(fracs)
-    fig, axes = plt.subplots(1, n, figsize=(2.4 * n + 1.5, 3), squeeze=False)
-    for ax, (s, frac) in zip(axes[0], fracs.items()):
-        im = ax.imshow(frac, vmin=0, vmax=1, cmap="viridis", origin="lower")
-        ax.set_xticks(range(len(clips)), ["none" if not c else f"{c:g}" for c in clips])
-        ax.set_yticks(range(len(lrs)), [f"{lr:g}" for lr in lrs] if ax is axes[0][0]
-                      else [])
-        ax.set_xlabel("clip")
-        ax.set_title(s)
-        for i in range(len(lrs)):
-            for j in range(len(clips)):
-                ax.text(j, i, f"{frac[i, j]:.2f}", ha="center", va="center", fontsize=7,
-                        color="w" if frac[i, j] < 0.5 else "k")
-    axes[0][0].set_ylabel("learning rate")
-    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="fraction solved")
-    fig.suptitle(title, fontsize=9)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-
-
-# --- The experiment subcommands ---------------------------------------------------------
-
-# Defaults chosen by measurement (see the README): the adding and multiplication problems.
-TASK_DEFAULTS = {
-    "adding": {"seq_len": 50, "steps": 30000, "lr": 0.01, "momentum": 0.0, "clip": 10.0,
-               "eval_every": 500, "test_size": 1000, "seeds": 3},
-    "multiply": {"seq_len": 50, "steps": 30000, "lr": 0.01, "momentum": 0.0, "clip": 10.0,
-                 "eval_every": 500, "test_size": 1000, "seeds": 3},
-    "pixel": {"epochs": 100, "lr": 1e-4, "momentum": 0.0, "clip": 1.0,
-              "eval_every": None, "test_size": 10000, "seeds": 1},
-    "digits": {"epochs": 100, "lr": 0.1, "momentum": 0.0, "clip": 1.0,
-               "eval_every": None, "test_size": None, "seeds": 1},
-}
-SWEEP_DEFAULTS = {"lrs": (0.001, 0.01, 0.1), "clips": (1.0, 10.0, 100.0), "seeds": 2,
-                  "steps": 20000, "seq_len": 50}
-_CLIP_DEFAULT = -1.0      # --clip not given (argparse would parse a string default)
-
-
-def _clip_arg(text):
-    """--clip: a number > 0, or 'none' for no clipping."""
-    if text.lower() == "none":
-        return None
-    try:
-        v = float(text)
-    except ValueError:
-        v = float("nan")
-    if not (math.isfinite(v) and v > 0):
-        raise argparse.ArgumentTypeError(f"--clip must be a number > 0 or 'none', got {text!r}")
-    return v
-
-
-def _nonneg_float(text):
-    try:
-        v = float(text)
-    except ValueError:
-        v = float("nan")
-    if not (math.isfinite(v) and v >= 0):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
-    return v
-
-
-def _pos_float(text):
-    v = _nonneg_float(text)
-    if v == 0:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
-    return v
-
-
-def _schemes_arg(text):
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    bad = [s for s in names if s not in nr.SCHEMES]
-    if bad or not names:
-        raise argparse.ArgumentTypeError(
-            f"--schemes must be a comma-separated list of {', '.join(nr.SCHEMES)}, "
-            f"got {text!r}")
-    return list(dict.fromkeys(names))
-
-
-def _float_list(parse):
-    def f(text):
-        vals = [parse(t) for t in text.split(",") if t.strip()]
-        if not vals:
-            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
-        return vals
-    return f
-
-
-def _check_new_paths(paths, force):
-    """Refuse to overwrite: every existing path in ``paths`` is an error without --force."""
-    _check_outputs(paths, force)
-
-
-def _collect(results):
-    records, curves, failed = [], [], []
-    for r in results:
-        if isinstance(r[1], str):
-            failed.append(r)
-        else:
-            records.append(r[0])
-            curves.append(r[1])
-    return records, curves, failed
-
-
-def _experiment_task(command, args):
-    """The task a command trains: mnist is an alias of pixel --dataset mnist."""
-    if command == "sweep":
-        return args.task
-    return "pixel" if command == "mnist" else command
-
-
-# Settings of a run that a command line may give, and that a checkpoint also records.
-_RESUMABLE = ("hidden", "batch", "lr", "momentum", "clip", "seq_len", "inputs", "dataset",
-              "permuted", "train_size")
-
-
-def _given(args, name):
-    """The value of option ``name`` when the user gave it, else None."""
-    v = getattr(args, name, None)
-    return None if (v is None or (name == "clip" and v == _CLIP_DEFAULT)) else v
-
-
-def _base_settings(args, task) -> dict:
-    """RunConfig fields shared by the runs of a command: given options, else defaults."""
-    d = TASK_DEFAULTS[task]
-    sweep = args.command == "sweep"
-    pick = (lambda k, default: default if _given(args, k) is None else _given(args, k))
-    base = {"task": task, "hidden": pick("hidden", 100), "batch": pick("batch", 16),
-            "lr": pick("lr", d["lr"]), "momentum": pick("momentum", d["momentum"]),
-            "clip": pick("clip", d["clip"]), "inputs": pick("inputs", "paper"),
-            "eval_every": pick("eval_every", d["eval_every"]),
-            "test_size": pick("test_size", d["test_size"])}
-    if task in ("adding", "multiply"):
-        base.update(seq_len=pick("seq_len", SWEEP_DEFAULTS["seq_len"] if sweep
-                                 else d["seq_len"]),
-                    steps=pick("steps", SWEEP_DEFAULTS["steps"] if sweep else d["steps"]),
-                    target_mse=pick("target_mse", 0.01))
-    else:
-        base.update(epochs=pick("epochs", d["epochs"]), train_size=_given(args, "train_size"),
-                    permuted=bool(_given(args, "permuted")))
-        if task == "pixel":
-            base.update(dataset=pick("dataset", "fashion-mnist"), data=_given(args, "data"))
-    return base
-
-
-def _resume_config(args, task, base) -> RunConfig:
-    """The run of --resume: its checkpoint's settings; an option given explicitly that
-    contradicts them is a usage error."""
-    _refuse_explicit(args, ["--schemes", "--seed", "--seeds"],
-                     "with --resume (the checkpoint fixes the scheme and seed)")
-    try:
-        ck = load_checkpoint(args.resume)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"--resume: {e}") from None
-    c = _saved_config(ck["config"])
-    if c.get("task") != task:
-        raise UsageError(f"--resume {args.resume} is a checkpoint of task "
-                         f"{c.get('task')!r}, not {task!r}")
-    for k in _RESUMABLE:
-        if k not in c or (k == "seq_len" and task in ("pixel", "digits")):
-            continue
-        if _given(args, k) is not None and _given(args, k) != c[k]:
-            raise UsageError(f"--{k.replace('_', '-')} {_given(args, k)} contradicts the "
-                             f"checkpoint {args.resume}, which has {k}={c[k]!r}")
-        if k in base or k in ("permuted", "train_size"):
-            base[k] = c[k]
-    save = None
-    if args.save:
-        save = args.save if args.save.endswith(".npz") else \
-            os.path.join(args.save, os.path.basename(args.resume))
-    cfg = RunConfig(**base, scheme=c["scheme"], seed=c["seed"], resume=args.resume,
-                    save=save)
-    print(f"resuming {run_label(cfg)} from step {ck['step']} of {args.resume}", flush=True)
-    return cfg
-
-
-def _job_configs(args, task, base) -> list:
-    """Every run of the command: schemes x seeds (x the lr x clip grid of a sweep)."""
-    sweep = args.command == "sweep"
-    first = _given(args, "seed") or 0
-    n = _given(args, "seeds") or (SWEEP_DEFAULTS["seeds"] if sweep
-                                  else TASK_DEFAULTS[task]["seeds"])
-    schemes = _given(args, "schemes") or list(DEFAULT_SCHEMES)
-    lrs = (args.lrs or list(SWEEP_DEFAULTS["lrs"])) if sweep else [base["lr"]]
-    clips = (args.clips or list(SWEEP_DEFAULTS["clips"])) if sweep else [base["clip"]]
-    cfgs = []
-    for lr in lrs:
-        for clip in clips:
-            for seed in range(first, first + n):
-                for s in schemes:
-                    save = None
-                    if args.save:
-                        name = f"{task}_{s}_seed{seed}"
-                        if sweep:
-                            name += f"_lr{lr:g}_clip{clip if clip else 'none'}"
-                        save = os.path.join(args.save, name + ".npz")
-                    cfgs.append(RunConfig(**dict(base, lr=lr, clip=clip), scheme=s,
-                                          seed=seed, label_hp=sweep, save=save))
-    return cfgs
-
-
-def _prepare_experiment(args, task, cfgs):
-    """Everything that could fail, checked before the first step: data files, optional
-    packages, and every output path. Returns the --plot path (or None)."""
-    plot = _figure_path(args, args.command)
-    try:
-        if task == "pixel":
-            load_pixel_dataset(cfgs[0].dataset, cfgs[0].data)
-        if task == "digits":
-            load_digits_data(np.random.default_rng(0))
-    except (OSError, ValueError) as e:
-        raise UsageError(str(e)) from None
-    except ImportError as e:
-        raise MissingPackage(str(e)) from None
-    if plot:
-        _pyplot()
-    saves = [c.save for c in cfgs if c.save and not (
-        c.resume and os.path.realpath(c.save) == os.path.realpath(c.resume))]
-    _check_outputs([args.out, plot] + saves, args.force)
-    for c in cfgs:
-        if c.save:
-            os.makedirs(os.path.dirname(os.path.abspath(c.save)), exist_ok=True)
-    return plot
-
-
-def _print_job(args, task, cfgs):
-    c0, sweep = cfgs[0], args.command == "sweep"
-    what = (f"{task}: T={c0.seq_len}" if c0.regression else
-            f"{task}{' ' + c0.dataset if task == 'pixel' else ''}"
-            f"{' permuted' if c0.permuted else ''}: epochs={c0.epochs}")
-    print(f"{what}, hidden={c0.hidden}, inputs={c0.inputs}, batch={c0.batch}, "
-          f"{'steps=' + str(c0.steps) + ', ' if c0.steps else ''}"
-          f"lr={'grid' if sweep else c0.lr}, momentum={c0.momentum}, "
-          f"clip={'grid' if sweep else c0.clip}; "
-          f"{len(cfgs)} run(s) on {min(args.jobs, len(cfgs))} process(es)", flush=True)
-
-
-def _report_job(args, task, records, curves, failed, wall, plot):
-    """The table (and the sweep's grid), the output files and the figure."""
-    regression = task in ("adding", "multiply")
-    lrs = sorted(set(r["lr"] for r in records))
-    clips = sorted(set(r["clip"] for r in records), key=lambda c: math.inf if c is None else c)
-    if records:
-        print()
-        print(results_table(records, regression))
-    if args.command == "sweep" and records:
-        text, fracs = sweep_table(records, lrs, clips)
-        print()
-        print(text)
-    print(f"\nwall time {_fmt_time(wall)} ({wall:.0f} s)"
-          + (f"; {len(failed)} run(s) failed" if failed else ""))
-    meta = {"command": args.command, "task": task, "wall_seconds": wall,
-            "options": {k: v for k, v in vars(args).items() if k != "func"},
-            "failed": [{"run": run_label(c), "error": e} for c, e in failed]}
-    if args.out:
-        write_outputs(args.out, records, curves, meta)
-        print(f"wrote {os.path.join(args.out, 'curves.csv')} and "
-              f"{os.path.join(args.out, 'summary.json')}")
-    if plot and records:
-        r0 = records[0]
-        title = f"{task}, " + (f"T={r0['seq_len']}, " if regression else "") + \
-            f"hidden {r0['hidden']}, batch {r0['batch']}"
-        if args.command == "sweep":
-            plot_sweep(plot, fracs, lrs, clips,
-                       title + f", {r0['steps']} steps: fraction solved")
-        else:
-            plot_curves(plot, records, curves, title + f", lr {r0['lr']:g}, clip "
-                        f"{r0['clip']}, momentum {r0['momentum']:g}")
-        print(f"wrote {plot}")
-
-
-def cmd_experiment(args):
-    task = _experiment_task(args.command, args)
-    t0 = time.perf_counter()
-    base = _base_settings(args, task)
-    cfgs = [_resume_config(args, task, base)] if getattr(args, "resume", None) else \
-        _job_configs(args, task, base)
-    plot = _prepare_experiment(args, task, cfgs)
-    _print_job(args, task, cfgs)
-    plan = {run_label(c): (c.steps or 0) for c in cfgs} if cfgs[0].regression else None
-    progress = Progress(every=args.progress_every, plan=plan, jobs=args.jobs)
-    results = run_many(cfgs, jobs=args.jobs, threads=args.threads, progress=progress)
-    records, curves, failed = _collect(results)
-    _report_job(args, task, records, curves, failed, time.perf_counter() - t0, plot)
-    return 1 if failed else 0
-
-
-DEFAULT_SCHEMES = ("np", "irnn", "i-rnn", "tanh")
-_EXPERIMENT_HELP = {
-    "adding": "the adding problem: np-RNN against IRNN, i-RNN and a tanh RNN",
-    "multiply": "the multiplication problem (target = product of the marked values)",
-    "pixel": "pixel-by-pixel MNIST or Fashion-MNIST (784 steps) from files on disk; "
-             "nothing downloaded",
-    "mnist": "the pixel task on MNIST (an alias of pixel --dataset mnist)",
-    "digits": "scikit-learn's bundled 8x8 digits as 64-step pixel sequences",
-    "sweep": "fraction of runs that solve adding/multiply over a grid of lr x clip",
-}
-
-
-def _add_task_options(p, name, d):
-    """The options of a command's task: length and steps, or epochs and images."""
-    sweep = name == "sweep"
-    if sweep:
-        p.add_argument("task", choices=("adding", "multiply"), help="the task to sweep")
-        p.add_argument("--lrs", type=_float_list(_pos_float), metavar="LR,LR,...",
-                       help="learning rates of the grid (default "
-                       + ",".join(f"{v:g}" for v in SWEEP_DEFAULTS["lrs"]) + ")")
-        p.add_argument("--clips", type=_float_list(_clip_arg), metavar="C,C,...",
-                       help="clipping thresholds of the grid, 'none' for no clipping "
-                       "(default " + ",".join(f"{v:g}" for v in SWEEP_DEFAULTS["clips"]) + ")")
-    if name in ("adding", "multiply", "sweep"):
-        p.add_argument("--seq-len", type=_seq_len, metavar="T", help="sequence length T "
-                       f"(default {SWEEP_DEFAULTS['seq_len'] if sweep else d['seq_len']})")
-        p.add_argument("--steps", type=_positive_int, help="training steps (default "
-                       f"{SWEEP_DEFAULTS['steps'] if sweep else d['steps']})")
-        p.add_argument("--target-mse", type=_pos_float,
-                       help="a run has solved the task when its test MSE falls below this "
-                       "(default 0.01)")
-        return
-    p.add_argument("--epochs", type=_positive_int,
-                   help=f"passes over the training set (default {d['epochs']})")
-    p.add_argument("--train-size", type=_positive_int,
-                   help="use only the first N training images (default all)")
-    p.add_argument("--permuted", action="store_true", default=None,
-                   help="read the pixels in a fixed random order (permutation seed 0)")
-    if name == "pixel":
-        p.add_argument("--dataset", choices=tuple(PIXEL_DATASETS),
-                       help="the data set (default fashion-mnist: `apt-get install "
-                       "dataset-fashion-mnist` puts it in "
-                       f"{PIXEL_DATASETS['fashion-mnist']}; mnist is looked for in the "
-                       "current folder)")
-    elif name == "mnist":
-        p.set_defaults(dataset="mnist")
-    if name in ("pixel", "mnist"):
-        p.add_argument("--data", metavar="PATH",
-                       help="an .npz (x_train, y_train, x_test, y_test), or a folder with "
-                       "mnist.npz or the four IDX files (raw or .gz); default: the data "
-                       "set's own location")
-
-
-def _add_training_options(p, name, d):
-    """Network, optimiser, seeds and evaluation options."""
-    sweep = name == "sweep"
-    p.add_argument("--schemes", type=_schemes_arg, help="comma-separated schemes from "
-                   f"nprnn_ref.SCHEMES ({', '.join(nr.SCHEMES)}); default "
-                   + ",".join(DEFAULT_SCHEMES))
-    p.add_argument("--hidden", type=_positive_int, help="hidden units (default 100)")
-    p.add_argument("--batch", type=_positive_int, help="minibatch size (default 16)")
-    p.add_argument("--inputs", choices=tuple(nr.INPUT_RECIPES),
-                   help="W_hx recipe (nprnn_ref.INPUT_RECIPES): paper, the paper's "
-                   "N(0, alpha(H)^2 / H) for every network (default); scheme, each scheme's "
-                   "own (Le et al.'s N(0, 0.001^2) for irnn and i-rnn); le, N(0, 0.001^2) "
-                   "for every network")
-    if not sweep:
-        p.add_argument("--lr", type=_pos_float, help=f"learning rate (default {d['lr']:g})")
-        p.add_argument("--clip", type=_clip_arg, default=_CLIP_DEFAULT,
-                       help="gradient clipping threshold on the global norm, a number > 0, "
-                       f"or 'none' to turn it off (default {d['clip']:g})")
-    p.add_argument("--momentum", type=_nonneg_float,
-                   help=f"SGD momentum (default {d['momentum']:g})")
-    p.add_argument("--seed", type=_int_at_least(0), help="first seed (default 0)")
-    p.add_argument("--seeds", type=_positive_int, help="number of seeds: --seed, "
-                   f"--seed+1, ... (default {SWEEP_DEFAULTS['seeds'] if sweep else d['seeds']})")
-    p.add_argument("--eval-every", type=_positive_int, metavar="K",
-                   help="evaluate on the test set every K steps (default "
-                   f"{d['eval_every'] or 'one epoch'})")
-    p.add_argument("--test-size", type=_positive_int, metavar="N", help="test sequences "
-                   f"(default {d['test_size'] or 'the whole test split'})")
-
-
-def _add_output_options(p, name):
-    p.add_argument("--out", metavar="DIR", help="write curves.csv and summary.json there")
-    p.add_argument("--force", action="store_true",
-                   help="allow overwriting existing --out, --plot and --save files")
-    p.add_argument("--plot", nargs="?", const="", metavar="PNG",
-                   help="write a PNG (test metrics against step, or the sweep's heat map; "
-                   "default OUT/<command>.png or ./<command>.png); needs matplotlib")
-    p.add_argument("--save", metavar="DIR",
-                   help="write each run's checkpoint (.npz) there at every evaluation")
-    if name != "sweep":
-        p.add_argument("--resume", metavar="CKPT",
-                       help="continue the run of this checkpoint to --steps/--epochs, with "
-                       "its history; its scheme, seed and settings are used, and an option "
-                       "given that contradicts them is an error")
-
-
-def _add_experiment_commands(sub, parents):
-    for name, text in _EXPERIMENT_HELP.items():
-        d = TASK_DEFAULTS.get("pixel" if name == "mnist" else name, TASK_DEFAULTS["adding"])
-        p = sub.add_parser(name, help=text, parents=parents, description=text + ". Every "
-                           "scheme is trained by SGD with BPTT on the same data stream; the "
-                           "runs go in parallel worker processes (--jobs), one BLAS thread "
-                           "each.")
-        _add_task_options(p, name, d)
-        _add_training_options(p, name, d)
-        _add_output_options(p, name)
-        p.set_defaults(func=cmd_experiment)
-
-
 # ---------------------------------------------------------------------------------------
-# The paper's protocol: fixed training sets, the paper's metric, run folders that survive
-# sessions (python tasks.py paper adding|multiply|pixel, python tasks.py resume ROOT)
+# The paper's protocol: fixed training sets, the paper's metric, and run folders that a
+# later process continues (python tasks.py paper adding|multiply|pixel, resume ROOT)
 # ---------------------------------------------------------------------------------------
-
-import subprocess  # noqa: E402
 
 PAPER_TASKS = ("adding", "multiply", "pixel")
 PAPER_THRESHOLDS = (0.5, 0.9)   # the update at which the metric first exceeds each is kept
@@ -2101,6 +1423,60 @@ def read_run_folder(folder) -> tuple:
     return spec, meta, summary
 
 
+def _open_paper_run(folder, spec, data, nonlin):
+    """(params, optimiser state, next update, history, pending losses): from the run's
+    checkpoint, or fresh (initialised from stream (seed, 0) and evaluated once)."""
+    if os.path.exists(os.path.join(folder, "checkpoint.npz")):
+        return _load_run_checkpoint(folder, spec)
+    params = nr.init_params(data.n_in, spec.hidden, data.n_out, spec.scheme,
+                            np.random.default_rng([spec.seed, 0]), inputs=spec.inputs)
+    history = _new_history(spec, params)
+    _record_eval(history, spec, 0, spec.lr, None, _evaluate_fixed(params, data, nonlin))
+    return params, None, 0, history, []
+
+
+def _paper_update(spec, data, nonlin, params, opt_state, u, lr, h0):
+    """Update u (0-based): (loss, new params, new optimiser state), or None when the loss
+    or the new parameters are not finite (the run diverged)."""
+    x, target = data.batch(u)
+    # loss_and_grads without its validation, which the data and parameters of a run do
+    # not need at every update: the same functions, the same numbers.
+    h, cache = nr._forward(params, x, h0, nonlin)
+    L, dy = nr.loss_fn(nr._readout(params, h, "last"), target, data.loss)
+    if not np.isfinite(L):
+        return None
+    grads = nr._grads_from(dy, params, h, cache, "last")
+    if spec.clip is not None:
+        grads, _ = nr.clip_grads(grads, spec.clip)
+    dtype = params["W_hh"].dtype
+    if spec.optimizer == "sgd":
+        new, state = nr._sgd_update(params, grads, opt_state, lr, 0.0, dtype)
+    else:
+        new, state = nr._rmsprop_update(params, grads, opt_state, lr, 0.99, 1e-8, dtype)
+    if not _all_finite(new.values()):
+        return None
+    return float(L), new, state
+
+
+def _finish_paper_run(folder, spec, data, nonlin, params, history, last_m) -> dict:
+    """Write curves.csv and summary.json (strict JSON) of a run that ended."""
+    diverged = history["diverged_at"] is not None
+    _write_curves_csv(folder, spec, history)
+    extra = {}
+    if not data.regression and not diverged:
+        m = last_m if last_m is not None else _evaluate_fixed(params, data, nonlin)
+        extra["per_class_accuracy"] = {
+            name: float(np.mean(m["pred"][data.y_test == c] == c))
+            for c, name in enumerate(CLASS_NAMES[spec.dataset])}
+    summary = run_summary(spec, history, "diverged" if diverged else "finished", extra)
+    tmp = os.path.join(folder, f"summary.json.{os.getpid()}.partial")
+    with open(tmp, "w") as f:
+        json.dump(summary, f, indent=1, allow_nan=False)
+        f.write("\n")
+    os.replace(tmp, os.path.join(folder, "summary.json"))
+    return summary
+
+
 def train_paper_run(folder, report=None, report_every=0.5, until=None) -> dict:
     """Train (or continue) the run in ``folder`` to its last update, or to update
     ``until``; return its summary (status "finished", "diverged" or "paused").
@@ -2115,100 +1491,64 @@ def train_paper_run(folder, report=None, report_every=0.5, until=None) -> dict:
     if summary is not None and summary["status"] != "paused":
         return summary
     t_part = time.perf_counter()
-    data = _FixedData(spec)
-    nonlin = nr.SCHEMES[spec.scheme].nonlinearity
-    total = spec.total_updates
-    if os.path.exists(os.path.join(folder, "checkpoint.npz")):
-        params, opt_state, update, history, pending = _load_run_checkpoint(folder, spec)
-    else:
-        params = nr.init_params(data.n_in, spec.hidden, data.n_out, spec.scheme,
-                                np.random.default_rng([spec.seed, 0]), inputs=spec.inputs)
-        opt_state, update, pending = None, 0, []
-        history = _new_history(spec, params)
-        _record_eval(history, spec, 0, spec.lr, None,
-                     _evaluate_fixed(params, data, nonlin))
+    data, nonlin, total = _FixedData(spec), nr.SCHEMES[spec.scheme].nonlinearity, \
+        spec.total_updates
+    params, opt_state, update, history, pending = _open_paper_run(folder, spec, data, nonlin)
     stop = total if until is None else min(until, total)
     if stop <= update and update < total:              # nothing to do: leave it as it is
         return run_summary(spec, history, "paused", done=update)
     history["parts"] += 1
     wall0, train0 = history["wall_seconds"], history["train_seconds"]
     nr.check_params(params)                    # validated once: the loop below skips it
-    dtype = params["W_hh"].dtype
-    h0 = np.zeros((spec.batch, spec.hidden), dtype)
-    lr, lr_epoch, last_report, train_time, last_m = spec.lr, None, 0.0, 0.0, None
+    h0 = np.zeros((spec.batch, spec.hidden), params["W_hh"].dtype)
+    progress = _Reporter(report, report_every, spec.name, update, total,
+                         "test " + ("within" if data.regression else "acc"), train0)
+    lr_epoch, train_time, last_m = None, 0.0, None
 
-    def checkpoint(u):
+    def clocks():
         history["wall_seconds"] = wall0 + (time.perf_counter() - t_part)
         history["train_seconds"] = train0 + train_time
-        _save_run_checkpoint(folder, spec, params, opt_state, u, history, pending)
-        _write_curves_csv(folder, spec, history)
 
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         for u in range(update, stop):
             t0 = time.perf_counter()
-            epoch = u // spec.updates_per_epoch
-            if epoch != lr_epoch:
-                lr, lr_epoch = nr.cooled_lr(spec.lr, epoch, spec.cool_factor,
-                                            spec.cool_epochs), epoch
-            x, target = data.batch(u)
-            # loss_and_grads without its validation, which the data and parameters of a
-            # run do not need at every update: the same functions, the same numbers.
-            h, cache = nr._forward(params, x, h0, nonlin)
-            L, dy = nr.loss_fn(nr._readout(params, h, "last"), target, data.loss)
-            if not np.isfinite(L):
+            if u // spec.updates_per_epoch != lr_epoch:
+                lr_epoch = u // spec.updates_per_epoch
+                lr = nr.cooled_lr(spec.lr, lr_epoch, spec.cool_factor, spec.cool_epochs)
+            step = _paper_update(spec, data, nonlin, params, opt_state, u, lr, h0)
+            if step is None:
                 history["diverged_at"] = u + 1
                 break
-            grads = nr._grads_from(dy, params, h, cache, "last")
-            if spec.clip is not None:
-                grads, _ = nr.clip_grads(grads, spec.clip)
-            if spec.optimizer == "sgd":
-                new, opt_state_new = nr._sgd_update(params, grads, opt_state, lr, 0.0, dtype)
-            else:
-                new, opt_state_new = nr._rmsprop_update(params, grads, opt_state, lr, 0.99,
-                                                        1e-8, dtype)
-            if not _all_finite(new.values()):
-                history["diverged_at"] = u + 1
-                break
-            params, opt_state = new, opt_state_new
-            pending.append(float(L))
+            L, params, opt_state = step
+            pending.append(L)
             train_time += time.perf_counter() - t0
-            done = u + 1
-            if done % spec.eval_every == 0 or done == total:
+            if (u + 1) % spec.eval_every == 0 or u + 1 == total:
                 last_m = _evaluate_fixed(params, data, nonlin)
-                _record_eval(history, spec, done, lr, float(np.mean(pending)), last_m)
+                _record_eval(history, spec, u + 1, lr, float(np.mean(pending)), last_m)
                 pending = []
-                checkpoint(done)
-            now = time.perf_counter()
-            if report is not None and (now - last_report >= report_every or done == stop):
-                last_report = now
-                sps = (done - update) / train_time
-                c = history["curve"][-1]
-                report({"run": spec.name, "step": done, "total": total, "sps": sps,
-                        "seconds": train_time,
-                        "loss": float(np.mean(pending[-200:])) if pending else c["train_loss"],
-                        "metric": c.get("test_within", c.get("test_accuracy")),
-                        "metric_name": "test " + ("within" if data.regression else "acc")})
-    diverged = history["diverged_at"] is not None
-    if diverged or stop == total:
-        history["wall_seconds"] = wall0 + (time.perf_counter() - t_part)
-        history["train_seconds"] = train0 + train_time
-        _write_curves_csv(folder, spec, history)
-        extra = {}
-        if not data.regression and not diverged:
-            m = last_m if last_m is not None else _evaluate_fixed(params, data, nonlin)
-            extra["per_class_accuracy"] = {
-                name: float(np.mean(m["pred"][data.y_test == c] == c))
-                for c, name in enumerate(CLASS_NAMES[spec.dataset])}
-        summary = run_summary(spec, history, "diverged" if diverged else "finished", extra)
-        tmp = os.path.join(folder, f"summary.json.{os.getpid()}.partial")
-        with open(tmp, "w") as f:
-            json.dump(summary, f, indent=1, allow_nan=False)
-            f.write("\n")
-        os.replace(tmp, os.path.join(folder, "summary.json"))
-        return summary
+                clocks()
+                _save_run_checkpoint(folder, spec, params, opt_state, u + 1, history, [])
+                _write_curves_csv(folder, spec, history)
+            progress(u + 1, _PaperProgress(history, pending, train0 + train_time),
+                     force=u + 1 == stop)
+    clocks()
+    if history["diverged_at"] is not None or stop == total:
+        return _finish_paper_run(folder, spec, data, nonlin, params, history, last_m)
     if stop % spec.eval_every != 0:
-        checkpoint(stop)
+        _save_run_checkpoint(folder, spec, params, opt_state, stop, history, pending)
+        _write_curves_csv(folder, spec, history)
     return run_summary(spec, history, "paused", done=stop)
+
+
+class _PaperProgress:
+    """The view of a paper run's history that _Reporter reads."""
+
+    def __init__(self, history, pending, train_seconds):
+        c = history["curve"][-1]
+        self.window = pending if pending else ([c["train_loss"]] if c["train_loss"]
+                                               is not None else [])
+        self.last_metric = c.get("test_within", c.get("test_accuracy"))
+        self.train_seconds = train_seconds
 
 
 # --- Jobs: many runs under one root -----------------------------------------------------
@@ -2235,206 +1575,9 @@ def find_run_folders(root) -> list:
     return [f for _, f in found]
 
 
-def paper_table(summaries) -> str:
-    """One row per run: the paper's metric at the end and at its best, test MSE (or
-    loss), the first update past 50% and 90%, status, wall time and speed."""
-    head = (f"{'run':<34} {'net':<10} {'final':>7} {'best':>6} {'final MSE':>10} "
-            f"{'best MSE':>9} {'>50% at':>9} {'>90% at':>9} {'rho0':>6} {'status':>9} "
-            f"{'wall':>8} {'upd/s':>6}")
-    lines = [head]
-    for r in summaries:
-        regression = r["task"] != "pixel"
-        pct = (lambda v: "-" if v is None else f"{100 * v:.1f}%")
-        err = "final_test_mse" if regression else "final_test_loss"
-        best = "best_test_mse" if regression else "best_test_loss"
-        status = r["status"] if r["status"] != "diverged" else f"div@{r['diverged_at']}"
-        lines.append(
-            f"{r['run']:<34} {r['paper_name'] or r['scheme']:<10} {pct(r['final_metric']):>7} "
-            f"{pct(r['best_metric']):>6} {_fmt(r.get(err)):>10} {_fmt(r.get(best)):>9} "
-            f"{_fmt(r['first_update_above_50'], 'd'):>9} "
-            f"{_fmt(r['first_update_above_90'], 'd'):>9} "
-            f"{_fmt(r['init_spectral_radius'], '.3f'):>6} {status:>9} "
-            f"{_fmt_time(r['wall_seconds']):>8} {_fmt(r['updates_per_second'], '.0f'):>6}")
-    metric = ("metric: % of test sequences with |error| < 0.04 (adding, multiply), test "
-              "accuracy (pixel); rho0: spectral radius of the initial W_hh")
-    return "\n".join(lines + [metric])
-
-
-def _train_folder(folder, report=None):
-    """run_many's view of train_paper_run: (summary, None)."""
-    return train_paper_run(folder, report=report), None
-
-
-def _folder_label(folder):
-    return os.path.basename(os.path.normpath(folder))
-
-
-def _run_job(folders, args) -> int:
-    """Train every folder (unfinished ones continue), then print the table."""
-    plan = {_folder_label(f): read_run_folder(f)[0].total_updates for f in folders}
-    progress = Progress(every=args.progress_every, plan=plan, jobs=args.jobs)
-    results = run_many(folders, jobs=args.jobs, threads=args.threads, progress=progress,
-                       fn=_train_folder, label=_folder_label)
-    summaries, failed = [], []
-    for folder, (summary, err) in zip(folders, results):
-        if isinstance(err, str):
-            failed.append((folder, err))
-        else:
-            summaries.append(summary)
-    if summaries:
-        print()
-        print(paper_table(summaries))
-    for folder, err in failed:
-        print(f"{folder}: FAILED: {err}")
-    return 1 if failed else 0
-
-
-def _print_protocol(specs, choices):
-    s0 = specs[0]
-    fixed = {k: v for k, v in s0.to_json().items() if k not in ("scheme", "seed")}
-    varying = {k for s in specs for k, v in s.to_json().items() if fixed.get(k, v) != v}
-    print(f"paper protocol, {s0.task}: " + ", ".join(
-        f"{k}={v}" for k, v in fixed.items() if k not in varying and v is not None))
-    print(f"  {s0.updates_per_epoch} updates per epoch, {s0.total_updates} updates in all")
-    for s in specs:
-        if varying:
-            print(f"  {s.name}: " + ", ".join(f"{k}={getattr(s, k)}" for k in sorted(varying)))
-    print("choices where the paper is silent, and departures from it:")
-    for c in choices:
-        print(f"  - {c}")
-    print(f"{len(specs)} run(s): " + ", ".join(s.name for s in specs), flush=True)
-
-
-def cmd_paper(args):
-    seeds = list(range(args.seed, args.seed + args.seeds))
-    schemes = sorted(args.schemes, key=lambda s: (PAPER_SCHEMES.index(s)
-                                                  if s in PAPER_SCHEMES else 99, s))
-    try:
-        specs = [paper_run(args.task, s, seed, dataset=args.dataset, data=args.data,
-                           inputs=args.inputs, hidden=args.hidden, seq_len=args.seq_len,
-                           optimizer=args.optimizer, lr=args.lr, epochs=args.epochs,
-                           train_size=args.train_size, test_size=args.test_size,
-                           eval_every=args.eval_every, batch=args.batch,
-                           clip="none" if args.clip is None else
-                           (None if args.clip == _CLIP_DEFAULT else args.clip))
-                 for s in schemes for seed in seeds]
-        if args.task == "pixel":
-            load_pixel_dataset(args.dataset, args.data)     # say what is missing now
-    except (ValueError, TypeError, FileNotFoundError) as e:
-        raise UsageError(str(e)) from None
-    departures = list(dict.fromkeys(d for s in specs for d in paper_departures(s)))
-    choices = departures + PAPER_CHOICES["all"] + PAPER_CHOICES[args.task]
-    _print_protocol(specs, choices)
-    folders = []
-    for spec in specs:
-        folder = os.path.join(args.out, spec.name)
-        if os.path.exists(folder):
-            if not args.resume:
-                raise UsageError(f"{folder} already exists; pass --resume "
-                                 "to continue its run, or choose another --out")
-            try:
-                old, _, _ = read_run_folder(folder)
-            except ValueError as e:
-                raise UsageError(str(e)) from None
-            if old != spec:
-                diff = [k for k in old.to_json() if old.to_json()[k] != spec.to_json()[k]]
-                raise UsageError(f"{folder} holds a run with other settings "
-                                 f"({', '.join(diff)}); choose another --out")
-        folders.append(folder)
-    os.makedirs(args.out, exist_ok=True)
-    for spec, folder in zip(specs, folders):
-        if not os.path.exists(folder):
-            create_run_folder(args.out, spec, choices)
-    return _run_job(folders, args)
-
-
-def cmd_resume(args):
-    try:
-        folders = find_run_folders(args.root)
-    except (OSError, ValueError) as e:
-        raise UsageError(str(e)) from None
-    if not folders:
-        raise UsageError(f"no run folders (with run.json) under {args.root}")
-    todo = [f for f in folders if (read_run_folder(f)[2] or {}).get("status") in
-            (None, "paused")]
-    print(f"{len(folders)} run(s) under {args.root}, {len(todo)} unfinished", flush=True)
-    code = _run_job(todo, args) if todo else 0
-    done = [read_run_folder(f)[2] for f in folders]
-    done = [d for d in done if d]
-    if done:
-        print("\nevery finished run under the root:")
-        print(paper_table(done))
-    return code
-
-
-def _add_paper_commands(sub, parents):
-    text = ("the paper's own protocol (Talathi and Vartak, sections 3 and 4): its "
-            "networks, settings and metric, one run folder per run under --out")
-    p = sub.add_parser("paper", help=text, parents=parents,
-                       description=text + ". Every setting and every "
-                       "choice where the paper is silent is printed and written to each "
-                       "run's run.json.")
-    p.add_argument("task", choices=PAPER_TASKS,
-                   help="adding, multiply, or pixel (MNIST or Fashion-MNIST, T = 784)")
-    p.add_argument("--schemes", type=_schemes_arg, default=["np", "irnn"],
-                   help="comma-separated networks from nprnn_ref.SCHEMES (paper names: "
-                   + ", ".join(f"{k}={v.paper_name}" for k, v in nr.SCHEMES.items()
-                               if v.paper_name) + "); default np,irnn")
-    p.add_argument("--seed", type=_int_at_least(0), default=0, help="first seed (default 0)")
-    p.add_argument("--seeds", type=_positive_int, default=1,
-                   help="number of seeds: --seed, --seed+1, ... (default 1, as the paper)")
-    p.add_argument("--seq-len", type=_seq_len, metavar="T",
-                   help="sequence length (default: adding 150, multiply 50; pixel: 784)")
-    p.add_argument("--dataset", choices=tuple(PIXEL_DATASETS), default="fashion-mnist",
-                   help="pixel task: the data set (default fashion-mnist, installed by "
-                   "`apt-get install dataset-fashion-mnist`; mnist needs --data)")
-    p.add_argument("--data", metavar="PATH",
-                   help="pixel task: a folder with the four IDX files (raw or .gz) or an "
-                   ".npz; default: where the data set's package installs it")
-    p.add_argument("--inputs", choices=tuple(nr.INPUT_RECIPES), default="paper",
-                   help="W_hx recipe: paper (every network, the default), scheme (each "
-                   "scheme's own: Le et al.'s N(0, 0.001^2) for irnn and i-rnn), le")
-    p.add_argument("--hidden", type=_positive_int, default=100, help="hidden units (100)")
-    p.add_argument("--optimizer", choices=("sgd", "rmsprop"),
-                   help="override the protocol's optimiser")
-    p.add_argument("--lr", type=_pos_float, help="override the protocol's learning rate")
-    p.add_argument("--clip", type=_clip_arg, default=_CLIP_DEFAULT,
-                   help="override the clipping threshold (10): a number > 0, or 'none'")
-    p.add_argument("--batch", type=_positive_int, help="override the minibatch size")
-    p.add_argument("--epochs", type=_positive_int, help="override the number of epochs")
-    p.add_argument("--train-size", type=_positive_int, metavar="N",
-                   help="override the training set size")
-    p.add_argument("--test-size", type=_positive_int, metavar="N",
-                   help="override the test set size")
-    p.add_argument("--eval-every", type=_positive_int, metavar="K",
-                   help="override the updates between evaluations")
-    p.add_argument("--out", required=True, metavar="ROOT",
-                   help="the job's root folder: one run folder per run under it")
-    p.add_argument("--resume", action="store_true",
-                   help="continue runs whose folders exist under ROOT (their settings "
-                   "must match); finished runs are left as they are")
-    p.set_defaults(func=cmd_paper)
-    r = sub.add_parser("resume", help="continue every unfinished run under a job's root",
-                       parents=parents,
-                       description="Continue every unfinished run folder under ROOT from "
-                       "its last checkpoint (never-started ones from the beginning), in "
-                       "the canonical order, then print the table of every finished run.")
-    r.add_argument("root", metavar="ROOT")
-    r.set_defaults(func=cmd_resume)
-
-
 # ---------------------------------------------------------------------------------------
 # Golden fixtures for other backends: export-fixtures, verify-fixtures, survey-fixtures
 # ---------------------------------------------------------------------------------------
-
-import contextlib  # noqa: E402  (this section's imports, kept here to keep merges local)
-import dataclasses  # noqa: E402
-import hashlib  # noqa: E402
-import importlib  # noqa: E402
-import importlib.util  # noqa: E402
-import json  # noqa: E402
-import traceback  # noqa: E402
-import zipfile  # noqa: E402
 
 FIXTURE_BASE_SEED = 1511_03771          # the paper's arXiv number
 RELU_MARGIN = 1e-3
@@ -2857,99 +2000,6 @@ def survey_backend(fn, n_seeds: int, specs=FIXTURE_CASES, out=None) -> dict:
               f"rtol |e|) = {worst:.3g} at rtol={tol['rtol']:g}, atol={tol['atol']:g} "
               f"(margin {1 / worst if worst else float('inf'):.3g}x)", file=out)
     return stats
-
-
-@contextlib.contextmanager
-def _as_usage_error(*errors):
-    """Raise the exceptions ``errors`` of the block as UsageError (one line, exit 2)."""
-    try:
-        yield
-    except errors as e:
-        raise UsageError(str(e)) from None
-
-
-def cmd_survey_fixtures(args):
-    with _as_usage_error(ImportError, ValueError):
-        fn = load_backend(args.against)
-    try:
-        with _as_usage_error(ImportError):               # the function needs a package
-            stats = survey_backend(fn, args.seeds)
-    except ValueError as e:                              # it raised or answered wrongly
-        print(f"tasks.py survey-fixtures: FAIL: {e}", file=sys.stderr)
-        return 1
-    return 0 if all(w <= 1 for _, w, _ in stats.values()) else 1
-
-
-def cmd_export_fixtures(args):
-    with _as_usage_error(FileExistsError, NotADirectoryError):
-        _check_fixture_dir(args.dir, args.force)
-    _check_outputs([os.path.join(args.dir, "manifest.json")], force=True)  # DIR writable
-    with _as_usage_error(RuntimeError):                  # no usable draw at this --seed
-        m = export_fixtures(args.dir, force=args.force, base_seed=args.seed)
-    total = sum(os.path.getsize(os.path.join(args.dir, c["file"])) for c in m["cases"])
-    print(f"wrote {len(m['cases'])} cases ({total / 1024:.0f} KB) and manifest.json to "
-          f"{args.dir}")
-    return 0
-
-
-def cmd_verify_fixtures(args):
-    with _as_usage_error(ImportError, FileNotFoundError, ValueError):
-        fn = load_backend(args.against)
-        read_manifest(args.dir)                          # a DIR export-fixtures wrote
-    with _as_usage_error(ImportError):                   # the function needs a package
-        ok = verify_fixtures(args.dir, fn, args.rtol, args.atol)
-    return 0 if ok else 1
-
-
-def _add_fixture_commands(sub) -> None:
-    threads, _ = _parent_parsers()
-    e = sub.add_parser("export-fixtures", parents=[threads],
-                       help="write golden fixtures (.npz per case and manifest.json) for "
-                       "checking other backends",
-                       description="Write one .npz per golden case and DIR/manifest.json. "
-                       "Each case holds inputs, parameters, every hidden state, the "
-                       "read-out, the loss and every gradient, computed by this reference. "
-                       "Refuses a non-empty DIR unless --force.")
-    e.add_argument("dir", metavar="DIR", help="output directory (created if missing)")
-    e.add_argument("--force", action="store_true",
-                   help="overwrite the fixture files in a non-empty DIR")
-    e.add_argument("--seed", type=int, default=FIXTURE_BASE_SEED,
-                   help=f"base seed (default {FIXTURE_BASE_SEED})")
-    e.set_defaults(func=cmd_export_fixtures)
-    v = sub.add_parser("verify-fixtures", parents=[threads],
-                       help="check a backend's function against the golden fixtures, "
-                       "tensor by tensor",
-                       description="Import FUNCTION from MODULE (a module importable from "
-                       "the current directory, or a .py path), call it on the inputs of "
-                       "every case in DIR (a dict: x, h0, target, W_hx, W_hh, b_h, W_yh, "
-                       "b_y, nonlinearity, loss_kind, output), compare the dict it returns "
-                       "(h, y, loss, grad_W_hx, grad_W_hh, grad_b_h, grad_W_yh, grad_b_y, "
-                       "grad_x, grad_h0) with the fixture, and print a table per case. Exit "
-                       "status 0 when every case passes, 1 when one fails, 2 on a usage "
-                       "error.")
-    v.add_argument("dir", metavar="DIR", help="a directory written by export-fixtures")
-    v.add_argument("--against", required=True, metavar="MODULE:FUNCTION",
-                   help="the function to check, e.g. my_backend:run or "
-                   "path/to/my_backend.py:run")
-    v.add_argument("--rtol", type=_nonneg_float, default=None,
-                   help="override the manifest's relative tolerance")
-    v.add_argument("--atol", type=_nonneg_float, default=None,
-                   help="override the manifest's absolute tolerance")
-    v.set_defaults(func=cmd_verify_fixtures)
-    s = sub.add_parser("survey-fixtures", parents=[threads],
-                       help="run a backend on many freshly drawn fixture cases and report "
-                       "its worst error against the tolerances",
-                       description="Draw every fixture case spec in float64 and float32 "
-                       "for base seeds 0..SEEDS-1 (in memory), run MODULE:FUNCTION on each "
-                       "and print per dtype the largest |a - e| and the worst "
-                       "|a - e| / (atol + rtol |e|) at the recommended tolerances. Exit "
-                       "status 1 when some case is outside them or the function raises or "
-                       "returns a malformed result, 2 on a usage error.")
-    s.add_argument("--against", required=True, metavar="MODULE:FUNCTION",
-                   help="the function to survey, as for verify-fixtures")
-    s.add_argument("--seeds", type=_positive_int, default=20,
-                   help="number of base seeds (default 20)")
-    s.set_defaults(func=cmd_survey_fixtures)
 
 
 # ---------------------------------------------------------------------------------------
@@ -3416,7 +2466,1065 @@ def plot_spectrum(specs, path, Figure, out=None):
     _save(fig, path, out)
 
 
-# ---- command wiring ---------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------
+# Output: tables, curves.csv, summary.json and the training figures
+# ---------------------------------------------------------------------------------------
+
+def _fmt(v, spec=".4g"):
+    return "-" if v is None else format(v, spec)
+
+
+def results_table(records, regression=True):
+    """One row per run: scheme, seed, lr, clip, final and best test metric (and for
+    regression the paper's: the share of test sequences with |error| < 0.04), steps to
+    target, divergence, wall time and training steps per second."""
+    if regression:
+        head = (f"{'scheme':<8} {'seed':>4} {'lr':>8} {'mom':>4} {'clip':>6} {'final MSE':>10} "
+                f"{'best MSE':>10} {'final <.04':>10} {'best <.04':>9} "
+                f"{'steps_to_target':>15} {'diverged':>9} {'wall s':>7} {'steps/s':>8}")
+    else:
+        head = (f"{'scheme':<8} {'seed':>4} {'lr':>8} {'mom':>4} {'clip':>6} {'final acc':>10} "
+                f"{'best acc':>10} {'final loss':>10} {'diverged':>9} {'wall s':>7} "
+                f"{'steps/s':>8}")
+    lines = [head]
+    for r in records:
+        clip = "none" if not r["clip"] else f"{r['clip']:g}"
+        row = (f"{r['scheme']:<8} {r['seed']:>4} {r['lr']:>8g} {r['momentum']:>4g} {clip:>6} ")
+        if regression:
+            stt = "never" if r["steps_to_target"] is None else str(r["steps_to_target"])
+            pct = (lambda v: "-" if v is None else f"{100 * v:.1f}%")
+            row += (f"{_fmt(r['final_test_mse']):>10} {_fmt(r['best_test_mse']):>10} "
+                    f"{pct(r.get('final_test_within')):>10} "
+                    f"{pct(r.get('best_test_within')):>9} {stt:>15} ")
+        else:
+            row += (f"{_fmt(r['final_test_accuracy']):>10} {_fmt(r['best_test_accuracy']):>10} "
+                    f"{_fmt(r['final_test_loss']):>10} ")
+        div = f"at {r['diverged_at']}" if r["diverged_at"] else "no"
+        row += (f"{div:>9} {r['wall_seconds']:>7.0f} {_fmt(r['steps_per_second'], '.0f'):>8}")
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def _curve_rows(records, curves):
+    for r, c in zip(records, curves):
+        for p in c:
+            yield {"task": r["task"], "scheme": r["scheme"], "seed": r["seed"], "lr": r["lr"],
+                   "momentum": r["momentum"], "clip": r["clip"], "seq_len": r["seq_len"], **p}
+
+
+def write_outputs(out, records, curves, meta):
+    """curves.csv (one row per evaluation of every run) and summary.json (meta + one
+    record per run) in the folder ``out`` (already checked by _check_new_paths)."""
+    import csv
+    os.makedirs(out, exist_ok=True)
+    rows = list(_curve_rows(records, curves))
+    fields = []
+    for r in rows:
+        fields += [k for k in r if k not in fields]
+    with open(os.path.join(out, "curves.csv"), "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields, restval="")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+    with open(os.path.join(out, "summary.json"), "w") as f:
+        json.dump({**meta, "runs": records}, f, indent=1)
+        f.write("\n")
+
+
+MATPLOTLIB_MISSING = "--plot needs matplotlib, which is not installed: pip install matplotlib"
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise MissingPackage(MATPLOTLIB_MISSING) from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def plot_curves(path, records, curves, title):
+    """Test metric against step, one colour per scheme (one line per seed). Regression
+    gets two panels: test MSE, and the paper's metric (% of test sequences with
+    |error| < 0.04)."""
+    plt = _pyplot()
+    regression = "final_test_mse" in records[0]
+    keys = ("test_mse", "test_within") if regression else ("test_accuracy",)
+    fig, axes = plt.subplots(1, len(keys), figsize=(6.2 * len(keys), 4.2), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        colours = {}
+        scale = 100.0 if key == "test_within" else 1.0
+        for r, c in zip(records, curves):
+            steps = [p["step"] for p in c]
+            vals = [scale * p[key] for p in c]
+            first = r["scheme"] not in colours
+            line, = ax.plot(steps, vals, lw=1.2, color=colours.get(r["scheme"]),
+                            label=r["scheme"] if first else None)
+            colours.setdefault(r["scheme"], line.get_color())
+            if r["diverged_at"]:
+                ax.plot(steps[-1:], vals[-1:], "x", color=line.get_color(), ms=8)
+        if key == "test_mse":
+            ax.set_yscale("log")
+            ax.axhline(records[0]["baseline_mse"], color="grey", ls="--", lw=0.8,
+                       label=f"predict the mean ({records[0]['baseline_mse']:.3g})")
+            ax.axhline(records[0]["target_mse"], color="grey", ls=":", lw=0.8,
+                       label=f"target ({records[0]['target_mse']:g})")
+            ax.set_ylabel("test MSE")
+        elif key == "test_within":
+            ax.set_ylim(0, 100)
+            ax.set_ylabel("% of test sequences with |error| < 0.04")
+        else:
+            ax.set_ylabel("test accuracy")
+        ax.set_xlabel("training step")
+        ax.legend(fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def sweep_table(records, lrs, clips):
+    """Per scheme and (lr, clip) cell: solved runs / runs (best test MSE < target), and
+    the median best test MSE. Returns (text, {scheme: fraction array (lr, clip)})."""
+    schemes = list(dict.fromkeys(r["scheme"] for r in records))
+    target = records[0]["target_mse"]
+    lines = [f"fraction of runs solved (best test MSE < {target:g}) and median best test MSE"]
+    fracs = {}
+    for s in schemes:
+        frac = np.full((len(lrs), len(clips)), np.nan)
+        lines.append(f"\n{s}: rows lr, columns clip")
+        lines.append(f"{'lr':>9} | " + " | ".join(f"{'none' if not c else f'{c:g}':>14}"
+                                                  for c in clips))
+        for i, lr in enumerate(lrs):
+            cells = []
+            for j, c in enumerate(clips):
+                rs = [r for r in records if r["scheme"] == s and r["lr"] == lr
+                      and r["clip"] == c]
+                ok = sum(1 for r in rs if r["best_test_mse"] is not None
+                         and r["best_test_mse"] < target)
+                frac[i, j] = ok / len(rs) if rs else np.nan
+                med = np.median([r["best_test_mse"] if r["best_test_mse"] is not None
+                                 else np.inf for r in rs]) if rs else np.nan
+                cells.append(f"{ok}/{len(rs)} {med:8.3g}")
+            lines.append(f"{lr:>9g} | " + " | ".join(f"{c:>14}" for c in cells))
+        fracs[s] = frac
+        mine = [r for r in records if r["scheme"] == s]
+        ok = sum(1 for r in mine if r["best_test_mse"] is not None
+                 and r["best_test_mse"] < target)
+        lines.append(f"{'':>9}   {s} solved the task in {ok} of its {len(mine)} runs")
+    return "\n".join(lines), fracs
+
+
+def plot_sweep(path, fracs, lrs, clips, title):
+    plt = _pyplot()
+    n = len(fracs)
+    fig, axes = plt.subplots(1, n, figsize=(2.4 * n + 1.5, 3), squeeze=False)
+    for ax, (s, frac) in zip(axes[0], fracs.items()):
+        im = ax.imshow(frac, vmin=0, vmax=1, cmap="viridis", origin="lower")
+        ax.set_xticks(range(len(clips)), ["none" if not c else f"{c:g}" for c in clips])
+        ax.set_yticks(range(len(lrs)), [f"{lr:g}" for lr in lrs] if ax is axes[0][0]
+                      else [])
+        ax.set_xlabel("clip")
+        ax.set_title(s)
+        for i in range(len(lrs)):
+            for j in range(len(clips)):
+                ax.text(j, i, f"{frac[i, j]:.2f}", ha="center", va="center", fontsize=7,
+                        color="w" if frac[i, j] < 0.5 else "k")
+    axes[0][0].set_ylabel("learning rate")
+    fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8, label="fraction solved")
+    fig.suptitle(title, fontsize=9)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def paper_table(summaries) -> str:
+    """One row per run: the paper's metric at the end and at its best, test MSE (or
+    loss), the first update past 50% and 90%, status, wall time and speed."""
+    head = (f"{'run':<34} {'net':<10} {'final':>7} {'best':>6} {'final MSE':>10} "
+            f"{'best MSE':>9} {'>50% at':>9} {'>90% at':>9} {'rho0':>6} {'status':>9} "
+            f"{'wall':>8} {'upd/s':>6}")
+    lines = [head]
+    for r in summaries:
+        regression = r["task"] != "pixel"
+        pct = (lambda v: "-" if v is None else f"{100 * v:.1f}%")
+        err = "final_test_mse" if regression else "final_test_loss"
+        best = "best_test_mse" if regression else "best_test_loss"
+        status = r["status"] if r["status"] != "diverged" else f"div@{r['diverged_at']}"
+        lines.append(
+            f"{r['run']:<34} {r['paper_name'] or r['scheme']:<10} {pct(r['final_metric']):>7} "
+            f"{pct(r['best_metric']):>6} {_fmt(r.get(err)):>10} {_fmt(r.get(best)):>9} "
+            f"{_fmt(r['first_update_above_50'], 'd'):>9} "
+            f"{_fmt(r['first_update_above_90'], 'd'):>9} "
+            f"{_fmt(r['init_spectral_radius'], '.3f'):>6} {status:>9} "
+            f"{_fmt_time(r['wall_seconds']):>8} {_fmt(r['updates_per_second'], '.0f'):>6}")
+    metric = ("metric: % of test sequences with |error| < 0.04 (adding, multiply), test "
+              "accuracy (pixel); rho0: spectral radius of the initial W_hh")
+    return "\n".join(lines + [metric])
+
+
+# ---------------------------------------------------------------------------------------
+# bench: loss_and_grads against the floor of its unavoidable matrix products
+# ---------------------------------------------------------------------------------------
+
+DEFAULT_BENCH_SHAPES = ((150, 16, 100, 2), (784, 16, 100, 1), (200, 64, 256, 8))
+
+
+def make_floor(params, x):
+    """The floor of one loss_and_grads call: the 2T recurrent products of a (B, H) by
+    (H, H) matrix and the three big products (input projection, dW_hx, dW_hh), into
+    preallocated buffers, with nothing else."""
+    T, B, D = x.shape
+    H = params["W_hh"].shape[0]
+    W_hx, W_hh = params["W_hx"], params["W_hh"]
+    x2 = x.reshape(T * B, D)
+    hs = np.zeros((T + 1, B, H), x.dtype)
+    d = np.zeros((T, B, H), x.dtype)
+    proj = np.empty((T * B, H), x.dtype)
+    WT = W_hh.T
+
+    def floor():
+        np.matmul(x2, W_hx.T, out=proj)
+        for t in range(1, T + 1):
+            np.dot(hs[t - 1], WT, out=hs[t])
+        for t in range(T - 2, -1, -1):
+            np.dot(d[t + 1], W_hh, out=d[t])
+        d2 = d.reshape(T * B, H)
+        return d2.T @ x2, d2.T @ hs[:-1].reshape(T * B, H)
+    return floor
+
+
+def make_torch_step(torch, params, x, target, threads):
+    """torch.nn.RNN(relu) + Linear, forward, MSE on the last step, backward (float64)."""
+    torch.set_num_threads(int(threads))
+    T, B, D = x.shape
+    H = params["W_hh"].shape[0]
+    O = params["W_yh"].shape[0]
+    rnn = torch.nn.RNN(D, H, nonlinearity="relu", dtype=torch.float64)
+    lin = torch.nn.Linear(H, O, dtype=torch.float64)
+    with torch.no_grad():
+        rnn.weight_ih_l0.copy_(torch.from_numpy(params["W_hx"]))
+        rnn.weight_hh_l0.copy_(torch.from_numpy(params["W_hh"]))
+        rnn.bias_ih_l0.zero_()
+        rnn.bias_hh_l0.zero_()
+        lin.weight.copy_(torch.from_numpy(params["W_yh"]))
+        lin.bias.zero_()
+    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    tt = torch.from_numpy(target)
+    lossf = torch.nn.MSELoss()
+
+    def step():
+        for p in list(rnn.parameters()) + list(lin.parameters()):
+            p.grad = None
+        xt.grad = None
+        out, _ = rnn(xt)
+        loss = lossf(lin(out[-1]), tt)
+        loss.backward()
+        return loss
+    return step
+
+
+def _median_time(fn, times):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+
+
+def bench(shapes, repeats, threads, use_torch=True, seed=0, out=sys.stdout):
+    """Time loss_and_grads (relu, mse, output="last", float64) against the floor, and
+    against PyTorch when it is importable, interleaving the three in one run."""
+    torch = None
+    if use_torch:
+        try:
+            import torch  # noqa: F401  (optional)
+        except ImportError:
+            torch = None
+    print(f"allocator: {ALLOCATOR_NOTE}", file=out)
+    print(f"BLAS threads: {threads} (OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS')})"
+          + (f"; torch {torch.__version__} with {threads} thread(s)" if torch else
+             "; torch not importable: install it (pip install torch==2.13.0) for the "
+             "PyTorch column"), file=out)
+    print("loss_and_grads(relu, mse, last, float64); medians of "
+          f"{repeats} interleaved repeats", file=out)
+    head = f"{'T,B,H,D':>16} {'ours ms':>9} {'floor ms':>9} {'ours/floor':>10}"
+    if torch:
+        head += f" {'torch ms':>9} {'ours/torch':>10}"
+    print(head, file=out)
+    rows = []
+    for (T, B, H, D) in shapes:
+        rng = np.random.default_rng(seed)
+        params = nr.init_params(D, H, 1, "np", rng)
+        x = rng.uniform(0.0, 1.0, size=(T, B, D))
+        target = rng.uniform(0.0, 2.0, size=(B, 1))
+        floor = make_floor(params, x)
+        ours = lambda: nr.loss_and_grads(params, x, target)  # noqa: E731
+        tstep = make_torch_step(torch, params, x, target, threads) if torch else None
+        for fn in (ours, floor) + ((tstep,) if tstep else ()):
+            fn()                                         # warm-up
+        t_ours, t_floor, t_torch = [], [], []
+        for _ in range(repeats):
+            _median_time(ours, t_ours)
+            _median_time(floor, t_floor)
+            if tstep:
+                _median_time(tstep, t_torch)
+        mo, mf = np.median(t_ours) * 1e3, np.median(t_floor) * 1e3
+        row = {"shape": (T, B, H, D), "ours_ms": mo, "floor_ms": mf, "ratio_floor": mo / mf}
+        line = f"{f'{T},{B},{H},{D}':>16} {mo:9.2f} {mf:9.2f} {mo / mf:10.2f}"
+        if tstep:
+            mt = np.median(t_torch) * 1e3
+            row.update(torch_ms=mt, ratio_torch=mo / mt)
+            line += f" {mt:9.2f} {mo / mt:10.2f}"
+        print(line, file=out, flush=True)
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------------------
+# The command line
+# ---------------------------------------------------------------------------------------
+#
+# Conventions, the same for every command:
+# - A figure is asked for with --plot [PNG]: the path given, or <command>.png in --out
+#   when the command has one, else in the current folder.
+# - An existing file or folder is never overwritten without --force; the committed
+#   figures are regenerated with --plot figures/<name>.png --force.
+# - Usage errors (bad option values, bad input files, existing outputs, an option the
+#   command cannot honour) and a missing optional package exit 2 with one line on stderr
+#   and no traceback. A run that raised an error makes the command exit 1; a run that
+#   diverged is a measured outcome (recorded, reported, exit 0).
+
+
+class UsageError(Exception):
+    """A mistake in what the user asked for: main prints it on one line and exits 2."""
+
+
+class MissingPackage(UsageError):
+    """An optional package is needed and missing; the message says what to install."""
+
+
+def _figure_path(args, command):
+    """The PNG path of --plot [PNG] (None without --plot)."""
+    if getattr(args, "plot", None) is None:
+        return None
+    if args.plot:
+        return args.plot
+    out = getattr(args, "out", None)
+    return os.path.join(out, f"{command}.png") if out else f"{command}.png"
+
+
+def _check_outputs(paths, force):
+    """Refuse, before any work, an output that exists (without --force) or that cannot
+    be written: a missing or non-folder parent, or a parent without write permission."""
+    for p in paths:
+        if not p:
+            continue
+        if os.path.exists(p) and not force:
+            raise UsageError(f"{p} already exists; pass --force to overwrite it, or "
+                             "choose another path")
+        parent = os.path.dirname(os.path.abspath(p))
+        while not os.path.exists(parent):           # folders we will create
+            parent = os.path.dirname(parent)
+        if not os.path.isdir(parent):
+            raise UsageError(f"cannot write {p}: {parent} is not a folder")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise UsageError(f"cannot write {p}: no write permission in {parent}")
+
+
+def _refuse_explicit(args, names, why):
+    """Exit 2 when any option of ``names`` was given explicitly (its value is not None)."""
+    given = [n for n in names if getattr(args, n.lstrip("-").replace("-", "_"), None)
+             is not None]
+    if given:
+        raise UsageError(f"{', '.join(given)} cannot be used {why}")
+
+
+def _parent_parsers():
+    """Parent parsers of the options many commands share: threads (every command that
+    computes), and jobs (the training commands)."""
+    threads = argparse.ArgumentParser(add_help=False)
+    threads.add_argument("--threads", type=_positive_int, default=1,
+                         help="BLAS threads per process, set before numpy is imported "
+                         "(default 1: small products are fastest on one thread)")
+    jobs = argparse.ArgumentParser(add_help=False)
+    jobs.add_argument("--jobs", type=_positive_int, default=2,
+                      help="worker processes running the runs in parallel (default 2)")
+    jobs.add_argument("--progress-every", type=_pos_float, default=30.0, metavar="S",
+                      help="when the output is not a terminal, print each run's progress "
+                      "every S seconds (default 30)")
+    return threads, jobs
+
+
+# --- Argument types ----------------------------------------------------------------------
+
+def _int_at_least(minimum: int, why: str = ""):
+    """An argparse type: an integer >= minimum (``why`` explains the bound in errors)."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}, got {text!r}")
+        if v < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {minimum}{why}, got {v}")
+        return v
+    return parse
+
+
+_positive_int = _int_at_least(1)
+# --seq-len of the adding and multiplication problems: one marker per half needs T >= 2.
+_seq_len = _int_at_least(2, " (one marker in each half of the sequence)")
+
+
+def _parse_shape(text: str):
+    parts = text.split(",")
+    try:
+        vals = tuple(int(p) for p in parts)
+    except ValueError:
+        vals = ()
+    if len(vals) != 4 or min(vals) < 1:
+        raise argparse.ArgumentTypeError(
+            f"--shape must be four integers >= 1 as T,B,H,D, got {text!r}")
+    return vals
+
+
+# --- The experiment commands -----------------------------------------------------------
+
+# Defaults chosen by measurement (see the README): the adding and multiplication problems.
+TASK_DEFAULTS = {
+    "adding": {"seq_len": 50, "steps": 30000, "lr": 0.01, "momentum": 0.0, "clip": 10.0,
+               "eval_every": 500, "test_size": 1000, "seeds": 3},
+    "multiply": {"seq_len": 50, "steps": 30000, "lr": 0.01, "momentum": 0.0, "clip": 10.0,
+                 "eval_every": 500, "test_size": 1000, "seeds": 3},
+    "pixel": {"epochs": 100, "lr": 1e-4, "momentum": 0.0, "clip": 1.0,
+              "eval_every": None, "test_size": 10000, "seeds": 1},
+    "digits": {"epochs": 100, "lr": 0.1, "momentum": 0.0, "clip": 1.0,
+               "eval_every": None, "test_size": None, "seeds": 1},
+}
+SWEEP_DEFAULTS = {"lrs": (0.001, 0.01, 0.1), "clips": (1.0, 10.0, 100.0), "seeds": 2,
+                  "steps": 20000, "seq_len": 50}
+_CLIP_DEFAULT = -1.0      # --clip not given (argparse would parse a string default)
+
+
+def _clip_arg(text):
+    """--clip: a number > 0, or 'none' for no clipping."""
+    if text.lower() == "none":
+        return None
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError(f"--clip must be a number > 0 or 'none', got {text!r}")
+    return v
+
+
+def _nonneg_float(text):
+    try:
+        v = float(text)
+    except ValueError:
+        v = float("nan")
+    if not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
+    return v
+
+
+def _pos_float(text):
+    v = _nonneg_float(text)
+    if v == 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return v
+
+
+def _schemes_arg(text):
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    bad = [s for s in names if s not in nr.SCHEMES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(
+            f"--schemes must be a comma-separated list of {', '.join(nr.SCHEMES)}, "
+            f"got {text!r}")
+    return list(dict.fromkeys(names))
+
+
+def _float_list(parse):
+    def f(text):
+        vals = [parse(t) for t in text.split(",") if t.strip()]
+        if not vals:
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
+        return vals
+    return f
+
+
+def _check_new_paths(paths, force):
+    """Refuse to overwrite: every existing path in ``paths`` is an error without --force."""
+    _check_outputs(paths, force)
+
+
+def _collect(results):
+    records, curves, failed = [], [], []
+    for r in results:
+        if isinstance(r[1], str):
+            failed.append(r)
+        else:
+            records.append(r[0])
+            curves.append(r[1])
+    return records, curves, failed
+
+
+def _experiment_task(command, args):
+    """The task a command trains: mnist is an alias of pixel --dataset mnist."""
+    if command == "sweep":
+        return args.task
+    return "pixel" if command == "mnist" else command
+
+
+# Settings of a run that a command line may give, and that a checkpoint also records.
+_RESUMABLE = ("hidden", "batch", "lr", "momentum", "clip", "seq_len", "inputs", "dataset",
+              "permuted", "train_size")
+
+
+def _given(args, name):
+    """The value of option ``name`` when the user gave it, else None."""
+    v = getattr(args, name, None)
+    return None if (v is None or (name == "clip" and v == _CLIP_DEFAULT)) else v
+
+
+def _base_settings(args, task) -> dict:
+    """RunConfig fields shared by the runs of a command: given options, else defaults."""
+    d = TASK_DEFAULTS[task]
+    sweep = args.command == "sweep"
+    pick = (lambda k, default: default if _given(args, k) is None else _given(args, k))
+    base = {"task": task, "hidden": pick("hidden", 100), "batch": pick("batch", 16),
+            "lr": pick("lr", d["lr"]), "momentum": pick("momentum", d["momentum"]),
+            "clip": pick("clip", d["clip"]), "inputs": pick("inputs", "paper"),
+            "eval_every": pick("eval_every", d["eval_every"]),
+            "test_size": pick("test_size", d["test_size"])}
+    if task in ("adding", "multiply"):
+        base.update(seq_len=pick("seq_len", SWEEP_DEFAULTS["seq_len"] if sweep
+                                 else d["seq_len"]),
+                    steps=pick("steps", SWEEP_DEFAULTS["steps"] if sweep else d["steps"]),
+                    target_mse=pick("target_mse", 0.01))
+    else:
+        base.update(epochs=pick("epochs", d["epochs"]), train_size=_given(args, "train_size"),
+                    permuted=bool(_given(args, "permuted")))
+        if task == "pixel":
+            base.update(dataset=pick("dataset", "fashion-mnist"), data=_given(args, "data"))
+    return base
+
+
+def _resume_config(args, task, base) -> RunConfig:
+    """The run of --resume: its checkpoint's settings; an option given explicitly that
+    contradicts them is a usage error."""
+    _refuse_explicit(args, ["--schemes", "--seed", "--seeds"],
+                     "with --resume (the checkpoint fixes the scheme and seed)")
+    try:
+        ck = load_checkpoint(args.resume)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--resume: {e}") from None
+    c = _saved_config(ck["config"])
+    if c.get("task") != task:
+        raise UsageError(f"--resume {args.resume} is a checkpoint of task "
+                         f"{c.get('task')!r}, not {task!r}")
+    for k in _RESUMABLE:
+        if k not in c or (k == "seq_len" and task in ("pixel", "digits")):
+            continue
+        if _given(args, k) is not None and _given(args, k) != c[k]:
+            raise UsageError(f"--{k.replace('_', '-')} {_given(args, k)} contradicts the "
+                             f"checkpoint {args.resume}, which has {k}={c[k]!r}")
+        if k in base or k in ("permuted", "train_size"):
+            base[k] = c[k]
+    save = None
+    if args.save:
+        save = args.save if args.save.endswith(".npz") else \
+            os.path.join(args.save, os.path.basename(args.resume))
+    cfg = RunConfig(**base, scheme=c["scheme"], seed=c["seed"], resume=args.resume,
+                    save=save)
+    print(f"resuming {run_label(cfg)} from step {ck['step']} of {args.resume}", flush=True)
+    return cfg
+
+
+def _job_configs(args, task, base) -> list:
+    """Every run of the command: schemes x seeds (x the lr x clip grid of a sweep)."""
+    sweep = args.command == "sweep"
+    first = _given(args, "seed") or 0
+    n = _given(args, "seeds") or (SWEEP_DEFAULTS["seeds"] if sweep
+                                  else TASK_DEFAULTS[task]["seeds"])
+    schemes = _given(args, "schemes") or list(DEFAULT_SCHEMES)
+    lrs = (args.lrs or list(SWEEP_DEFAULTS["lrs"])) if sweep else [base["lr"]]
+    clips = (args.clips or list(SWEEP_DEFAULTS["clips"])) if sweep else [base["clip"]]
+    cfgs = []
+    for lr in lrs:
+        for clip in clips:
+            for seed in range(first, first + n):
+                for s in schemes:
+                    save = None
+                    if args.save:
+                        name = f"{task}_{s}_seed{seed}"
+                        if sweep:
+                            name += f"_lr{lr:g}_clip{clip if clip else 'none'}"
+                        save = os.path.join(args.save, name + ".npz")
+                    cfgs.append(RunConfig(**dict(base, lr=lr, clip=clip), scheme=s,
+                                          seed=seed, label_hp=sweep, save=save))
+    return cfgs
+
+
+def _prepare_experiment(args, task, cfgs):
+    """Everything that could fail, checked before the first step: data files, optional
+    packages, and every output path. Returns the --plot path (or None)."""
+    plot = _figure_path(args, args.command)
+    try:
+        if task == "pixel":
+            load_pixel_dataset(cfgs[0].dataset, cfgs[0].data)
+        if task == "digits":
+            load_digits_data(np.random.default_rng(0))
+    except (OSError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    except ImportError as e:
+        raise MissingPackage(str(e)) from None
+    if plot:
+        _pyplot()
+    saves = [c.save for c in cfgs if c.save and not (
+        c.resume and os.path.realpath(c.save) == os.path.realpath(c.resume))]
+    _check_outputs([args.out, plot] + saves, args.force)
+    for c in cfgs:
+        if c.save:
+            os.makedirs(os.path.dirname(os.path.abspath(c.save)), exist_ok=True)
+    return plot
+
+
+def _print_job(args, task, cfgs):
+    c0, sweep = cfgs[0], args.command == "sweep"
+    what = (f"{task}: T={c0.seq_len}" if c0.regression else
+            f"{task}{' ' + c0.dataset if task == 'pixel' else ''}"
+            f"{' permuted' if c0.permuted else ''}: epochs={c0.epochs}")
+    print(f"{what}, hidden={c0.hidden}, inputs={c0.inputs}, batch={c0.batch}, "
+          f"{'steps=' + str(c0.steps) + ', ' if c0.steps else ''}"
+          f"lr={'grid' if sweep else c0.lr}, momentum={c0.momentum}, "
+          f"clip={'grid' if sweep else c0.clip}; "
+          f"{len(cfgs)} run(s) on {min(args.jobs, len(cfgs))} process(es)", flush=True)
+
+
+def _report_job(args, task, records, curves, failed, wall, plot):
+    """The table (and the sweep's grid), the output files and the figure."""
+    regression = task in ("adding", "multiply")
+    lrs = sorted(set(r["lr"] for r in records))
+    clips = sorted(set(r["clip"] for r in records), key=lambda c: math.inf if c is None else c)
+    if records:
+        print()
+        print(results_table(records, regression))
+    if args.command == "sweep" and records:
+        text, fracs = sweep_table(records, lrs, clips)
+        print()
+        print(text)
+    print(f"\nwall time {_fmt_time(wall)} ({wall:.0f} s)"
+          + (f"; {len(failed)} run(s) failed" if failed else ""))
+    meta = {"command": args.command, "task": task, "wall_seconds": wall,
+            "options": {k: v for k, v in vars(args).items() if k != "func"},
+            "failed": [{"run": run_label(c), "error": e} for c, e in failed]}
+    if args.out:
+        write_outputs(args.out, records, curves, meta)
+        print(f"wrote {os.path.join(args.out, 'curves.csv')} and "
+              f"{os.path.join(args.out, 'summary.json')}")
+    if plot and records:
+        r0 = records[0]
+        title = f"{task}, " + (f"T={r0['seq_len']}, " if regression else "") + \
+            f"hidden {r0['hidden']}, batch {r0['batch']}"
+        if args.command == "sweep":
+            plot_sweep(plot, fracs, lrs, clips,
+                       title + f", {r0['steps']} steps: fraction solved")
+        else:
+            plot_curves(plot, records, curves, title + f", lr {r0['lr']:g}, clip "
+                        f"{r0['clip']}, momentum {r0['momentum']:g}")
+        print(f"wrote {plot}")
+
+
+def cmd_experiment(args):
+    task = _experiment_task(args.command, args)
+    t0 = time.perf_counter()
+    base = _base_settings(args, task)
+    cfgs = [_resume_config(args, task, base)] if getattr(args, "resume", None) else \
+        _job_configs(args, task, base)
+    plot = _prepare_experiment(args, task, cfgs)
+    _print_job(args, task, cfgs)
+    plan = {run_label(c): (c.steps or 0) for c in cfgs} if cfgs[0].regression else None
+    progress = Progress(every=args.progress_every, plan=plan, jobs=args.jobs)
+    results = run_many(cfgs, jobs=args.jobs, threads=args.threads, progress=progress)
+    records, curves, failed = _collect(results)
+    _report_job(args, task, records, curves, failed, time.perf_counter() - t0, plot)
+    return 1 if failed else 0
+
+
+DEFAULT_SCHEMES = ("np", "irnn", "i-rnn", "tanh")
+_EXPERIMENT_HELP = {
+    "adding": "the adding problem: np-RNN against IRNN, i-RNN and a tanh RNN",
+    "multiply": "the multiplication problem (target = product of the marked values)",
+    "pixel": "pixel-by-pixel MNIST or Fashion-MNIST (784 steps) from files on disk; "
+             "nothing downloaded",
+    "mnist": "the pixel task on MNIST (an alias of pixel --dataset mnist)",
+    "digits": "scikit-learn's bundled 8x8 digits as 64-step pixel sequences",
+    "sweep": "fraction of runs that solve adding/multiply over a grid of lr x clip",
+}
+
+
+def _add_task_options(p, name, d):
+    """The options of a command's task: length and steps, or epochs and images."""
+    sweep = name == "sweep"
+    if sweep:
+        p.add_argument("task", choices=("adding", "multiply"), help="the task to sweep")
+        p.add_argument("--lrs", type=_float_list(_pos_float), metavar="LR,LR,...",
+                       help="learning rates of the grid (default "
+                       + ",".join(f"{v:g}" for v in SWEEP_DEFAULTS["lrs"]) + ")")
+        p.add_argument("--clips", type=_float_list(_clip_arg), metavar="C,C,...",
+                       help="clipping thresholds of the grid, 'none' for no clipping "
+                       "(default " + ",".join(f"{v:g}" for v in SWEEP_DEFAULTS["clips"]) + ")")
+    if name in ("adding", "multiply", "sweep"):
+        p.add_argument("--seq-len", type=_seq_len, metavar="T", help="sequence length T "
+                       f"(default {SWEEP_DEFAULTS['seq_len'] if sweep else d['seq_len']})")
+        p.add_argument("--steps", type=_positive_int, help="training steps (default "
+                       f"{SWEEP_DEFAULTS['steps'] if sweep else d['steps']})")
+        p.add_argument("--target-mse", type=_pos_float,
+                       help="a run has solved the task when its test MSE falls below this "
+                       "(default 0.01)")
+        return
+    p.add_argument("--epochs", type=_positive_int,
+                   help=f"passes over the training set (default {d['epochs']})")
+    p.add_argument("--train-size", type=_positive_int,
+                   help="use only the first N training images (default all)")
+    p.add_argument("--permuted", action="store_true", default=None,
+                   help="read the pixels in a fixed random order (permutation seed 0)")
+    if name == "pixel":
+        p.add_argument("--dataset", choices=tuple(PIXEL_DATASETS),
+                       help="the data set (default fashion-mnist: `apt-get install "
+                       "dataset-fashion-mnist` puts it in "
+                       f"{PIXEL_DATASETS['fashion-mnist']}; mnist is looked for in the "
+                       "current folder)")
+    elif name == "mnist":
+        p.set_defaults(dataset="mnist")
+    if name in ("pixel", "mnist"):
+        p.add_argument("--data", metavar="PATH",
+                       help="an .npz (x_train, y_train, x_test, y_test), or a folder with "
+                       "mnist.npz or the four IDX files (raw or .gz); default: the data "
+                       "set's own location")
+
+
+def _add_training_options(p, name, d):
+    """Network, optimiser, seeds and evaluation options."""
+    sweep = name == "sweep"
+    p.add_argument("--schemes", type=_schemes_arg, help="comma-separated schemes from "
+                   f"nprnn_ref.SCHEMES ({', '.join(nr.SCHEMES)}); default "
+                   + ",".join(DEFAULT_SCHEMES))
+    p.add_argument("--hidden", type=_positive_int, help="hidden units (default 100)")
+    p.add_argument("--batch", type=_positive_int, help="minibatch size (default 16)")
+    p.add_argument("--inputs", choices=tuple(nr.INPUT_RECIPES),
+                   help="W_hx recipe (nprnn_ref.INPUT_RECIPES): paper, the paper's "
+                   "N(0, alpha(H)^2 / H) for every network (default); scheme, each scheme's "
+                   "own (Le et al.'s N(0, 0.001^2) for irnn and i-rnn); le, N(0, 0.001^2) "
+                   "for every network")
+    if not sweep:
+        p.add_argument("--lr", type=_pos_float, help=f"learning rate (default {d['lr']:g})")
+        p.add_argument("--clip", type=_clip_arg, default=_CLIP_DEFAULT,
+                       help="gradient clipping threshold on the global norm, a number > 0, "
+                       f"or 'none' to turn it off (default {d['clip']:g})")
+    p.add_argument("--momentum", type=_nonneg_float,
+                   help=f"SGD momentum (default {d['momentum']:g})")
+    p.add_argument("--seed", type=_int_at_least(0), help="first seed (default 0)")
+    p.add_argument("--seeds", type=_positive_int, help="number of seeds: --seed, "
+                   f"--seed+1, ... (default {SWEEP_DEFAULTS['seeds'] if sweep else d['seeds']})")
+    p.add_argument("--eval-every", type=_positive_int, metavar="K",
+                   help="evaluate on the test set every K steps (default "
+                   f"{d['eval_every'] or 'one epoch'})")
+    p.add_argument("--test-size", type=_positive_int, metavar="N", help="test sequences "
+                   f"(default {d['test_size'] or 'the whole test split'})")
+
+
+def _add_output_options(p, name):
+    p.add_argument("--out", metavar="DIR", help="write curves.csv and summary.json there")
+    p.add_argument("--force", action="store_true",
+                   help="allow overwriting existing --out, --plot and --save files")
+    p.add_argument("--plot", nargs="?", const="", metavar="PNG",
+                   help="write a PNG (test metrics against step, or the sweep's heat map; "
+                   "default OUT/<command>.png or ./<command>.png); needs matplotlib")
+    p.add_argument("--save", metavar="DIR",
+                   help="write each run's checkpoint (.npz) there at every evaluation")
+    if name != "sweep":
+        p.add_argument("--resume", metavar="CKPT",
+                       help="continue the run of this checkpoint to --steps/--epochs, with "
+                       "its history; its scheme, seed and settings are used, and an option "
+                       "given that contradicts them is an error")
+
+
+def _add_experiment_commands(sub, parents):
+    for name, text in _EXPERIMENT_HELP.items():
+        d = TASK_DEFAULTS.get("pixel" if name == "mnist" else name, TASK_DEFAULTS["adding"])
+        p = sub.add_parser(name, help=text, parents=parents, description=text + ". Every "
+                           "scheme is trained by SGD with BPTT on the same data stream; the "
+                           "runs go in parallel worker processes (--jobs), one BLAS thread "
+                           "each.")
+        _add_task_options(p, name, d)
+        _add_training_options(p, name, d)
+        _add_output_options(p, name)
+        p.set_defaults(func=cmd_experiment)
+
+
+# --- The paper commands: paper, resume -------------------------------------------------
+
+def _train_folder(folder, report=None):
+    """run_many's view of train_paper_run: (summary, None)."""
+    return train_paper_run(folder, report=report), None
+
+
+def _folder_label(folder):
+    return os.path.basename(os.path.normpath(folder))
+
+
+def _run_job(folders, args) -> int:
+    """Train every folder (unfinished ones continue), then print the table."""
+    plan = {_folder_label(f): read_run_folder(f)[0].total_updates for f in folders}
+    progress = Progress(every=args.progress_every, plan=plan, jobs=args.jobs)
+    results = run_many(folders, jobs=args.jobs, threads=args.threads, progress=progress,
+                       fn=_train_folder, label=_folder_label)
+    summaries, failed = [], []
+    for folder, (summary, err) in zip(folders, results):
+        if isinstance(err, str):
+            failed.append((folder, err))
+        else:
+            summaries.append(summary)
+    if summaries:
+        print()
+        print(paper_table(summaries))
+    for folder, err in failed:
+        print(f"{folder}: FAILED: {err}")
+    return 1 if failed else 0
+
+
+def _print_protocol(specs, choices):
+    s0 = specs[0]
+    fixed = {k: v for k, v in s0.to_json().items() if k not in ("scheme", "seed")}
+    varying = {k for s in specs for k, v in s.to_json().items() if fixed.get(k, v) != v}
+    print(f"paper protocol, {s0.task}: " + ", ".join(
+        f"{k}={v}" for k, v in fixed.items() if k not in varying and v is not None))
+    print(f"  {s0.updates_per_epoch} updates per epoch, {s0.total_updates} updates in all")
+    for s in specs:
+        if varying:
+            print(f"  {s.name}: " + ", ".join(f"{k}={getattr(s, k)}" for k in sorted(varying)))
+    print("choices where the paper is silent, and departures from it:")
+    for c in choices:
+        print(f"  - {c}")
+    print(f"{len(specs)} run(s): " + ", ".join(s.name for s in specs), flush=True)
+
+
+def cmd_paper(args):
+    seeds = list(range(args.seed, args.seed + args.seeds))
+    schemes = sorted(args.schemes, key=lambda s: (PAPER_SCHEMES.index(s)
+                                                  if s in PAPER_SCHEMES else 99, s))
+    try:
+        specs = [paper_run(args.task, s, seed, dataset=args.dataset, data=args.data,
+                           inputs=args.inputs, hidden=args.hidden, seq_len=args.seq_len,
+                           optimizer=args.optimizer, lr=args.lr, epochs=args.epochs,
+                           train_size=args.train_size, test_size=args.test_size,
+                           eval_every=args.eval_every, batch=args.batch,
+                           clip="none" if args.clip is None else
+                           (None if args.clip == _CLIP_DEFAULT else args.clip))
+                 for s in schemes for seed in seeds]
+        if args.task == "pixel":
+            load_pixel_dataset(args.dataset, args.data)     # say what is missing now
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        raise UsageError(str(e)) from None
+    departures = list(dict.fromkeys(d for s in specs for d in paper_departures(s)))
+    choices = departures + PAPER_CHOICES["all"] + PAPER_CHOICES[args.task]
+    _print_protocol(specs, choices)
+    folders = []
+    for spec in specs:
+        folder = os.path.join(args.out, spec.name)
+        if os.path.exists(folder):
+            if not args.resume:
+                raise UsageError(f"{folder} already exists; pass --resume "
+                                 "to continue its run, or choose another --out")
+            try:
+                old, _, _ = read_run_folder(folder)
+            except ValueError as e:
+                raise UsageError(str(e)) from None
+            if old != spec:
+                diff = [k for k in old.to_json() if old.to_json()[k] != spec.to_json()[k]]
+                raise UsageError(f"{folder} holds a run with other settings "
+                                 f"({', '.join(diff)}); choose another --out")
+        folders.append(folder)
+    os.makedirs(args.out, exist_ok=True)
+    for spec, folder in zip(specs, folders):
+        if not os.path.exists(folder):
+            create_run_folder(args.out, spec, choices)
+    return _run_job(folders, args)
+
+
+def cmd_resume(args):
+    try:
+        folders = find_run_folders(args.root)
+    except (OSError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    if not folders:
+        raise UsageError(f"no run folders (with run.json) under {args.root}")
+    todo = [f for f in folders if (read_run_folder(f)[2] or {}).get("status") in
+            (None, "paused")]
+    print(f"{len(folders)} run(s) under {args.root}, {len(todo)} unfinished", flush=True)
+    code = _run_job(todo, args) if todo else 0
+    done = [read_run_folder(f)[2] for f in folders]
+    done = [d for d in done if d]
+    if done:
+        print("\nevery finished run under the root:")
+        print(paper_table(done))
+    return code
+
+
+def _add_paper_commands(sub, parents):
+    text = ("the paper's own protocol (Talathi and Vartak, sections 3 and 4): its "
+            "networks, settings and metric, one run folder per run under --out")
+    p = sub.add_parser("paper", help=text, parents=parents,
+                       description=text + ". Every setting and every "
+                       "choice where the paper is silent is printed and written to each "
+                       "run's run.json.")
+    p.add_argument("task", choices=PAPER_TASKS,
+                   help="adding, multiply, or pixel (MNIST or Fashion-MNIST, T = 784)")
+    p.add_argument("--schemes", type=_schemes_arg, default=["np", "irnn"],
+                   help="comma-separated networks from nprnn_ref.SCHEMES (paper names: "
+                   + ", ".join(f"{k}={v.paper_name}" for k, v in nr.SCHEMES.items()
+                               if v.paper_name) + "); default np,irnn")
+    p.add_argument("--seed", type=_int_at_least(0), default=0, help="first seed (default 0)")
+    p.add_argument("--seeds", type=_positive_int, default=1,
+                   help="number of seeds: --seed, --seed+1, ... (default 1, as the paper)")
+    p.add_argument("--seq-len", type=_seq_len, metavar="T",
+                   help="sequence length (default: adding 150, multiply 50; pixel: 784)")
+    p.add_argument("--dataset", choices=tuple(PIXEL_DATASETS), default="fashion-mnist",
+                   help="pixel task: the data set (default fashion-mnist, installed by "
+                   "`apt-get install dataset-fashion-mnist`; mnist needs --data)")
+    p.add_argument("--data", metavar="PATH",
+                   help="pixel task: a folder with the four IDX files (raw or .gz) or an "
+                   ".npz; default: where the data set's package installs it")
+    p.add_argument("--inputs", choices=tuple(nr.INPUT_RECIPES), default="paper",
+                   help="W_hx recipe: paper (every network, the default), scheme (each "
+                   "scheme's own: Le et al.'s N(0, 0.001^2) for irnn and i-rnn), le")
+    p.add_argument("--hidden", type=_positive_int, default=100, help="hidden units (100)")
+    p.add_argument("--optimizer", choices=("sgd", "rmsprop"),
+                   help="override the protocol's optimiser")
+    p.add_argument("--lr", type=_pos_float, help="override the protocol's learning rate")
+    p.add_argument("--clip", type=_clip_arg, default=_CLIP_DEFAULT,
+                   help="override the clipping threshold (10): a number > 0, or 'none'")
+    p.add_argument("--batch", type=_positive_int, help="override the minibatch size")
+    p.add_argument("--epochs", type=_positive_int, help="override the number of epochs")
+    p.add_argument("--train-size", type=_positive_int, metavar="N",
+                   help="override the training set size")
+    p.add_argument("--test-size", type=_positive_int, metavar="N",
+                   help="override the test set size")
+    p.add_argument("--eval-every", type=_positive_int, metavar="K",
+                   help="override the updates between evaluations")
+    p.add_argument("--out", required=True, metavar="ROOT",
+                   help="the job's root folder: one run folder per run under it")
+    p.add_argument("--resume", action="store_true",
+                   help="continue runs whose folders exist under ROOT (their settings "
+                   "must match); finished runs are left as they are")
+    p.set_defaults(func=cmd_paper)
+    r = sub.add_parser("resume", help="continue every unfinished run under a job's root",
+                       parents=parents,
+                       description="Continue every unfinished run folder under ROOT from "
+                       "its last checkpoint (never-started ones from the beginning), in "
+                       "the canonical order, then print the table of every finished run.")
+    r.add_argument("root", metavar="ROOT")
+    r.set_defaults(func=cmd_resume)
+
+
+# --- The fixture commands --------------------------------------------------------------
+
+@contextlib.contextmanager
+def _as_usage_error(*errors):
+    """Raise the exceptions ``errors`` of the block as UsageError (one line, exit 2)."""
+    try:
+        yield
+    except errors as e:
+        raise UsageError(str(e)) from None
+
+
+def cmd_survey_fixtures(args):
+    with _as_usage_error(ImportError, ValueError):
+        fn = load_backend(args.against)
+    try:
+        with _as_usage_error(ImportError):               # the function needs a package
+            stats = survey_backend(fn, args.seeds)
+    except ValueError as e:                              # it raised or answered wrongly
+        print(f"tasks.py survey-fixtures: FAIL: {e}", file=sys.stderr)
+        return 1
+    return 0 if all(w <= 1 for _, w, _ in stats.values()) else 1
+
+
+def cmd_export_fixtures(args):
+    with _as_usage_error(FileExistsError, NotADirectoryError):
+        _check_fixture_dir(args.dir, args.force)
+    _check_outputs([os.path.join(args.dir, "manifest.json")], force=True)  # DIR writable
+    with _as_usage_error(RuntimeError):                  # no usable draw at this --seed
+        m = export_fixtures(args.dir, force=args.force, base_seed=args.seed)
+    total = sum(os.path.getsize(os.path.join(args.dir, c["file"])) for c in m["cases"])
+    print(f"wrote {len(m['cases'])} cases ({total / 1024:.0f} KB) and manifest.json to "
+          f"{args.dir}")
+    return 0
+
+
+def cmd_verify_fixtures(args):
+    with _as_usage_error(ImportError, FileNotFoundError, ValueError):
+        fn = load_backend(args.against)
+        read_manifest(args.dir)                          # a DIR export-fixtures wrote
+    with _as_usage_error(ImportError):                   # the function needs a package
+        ok = verify_fixtures(args.dir, fn, args.rtol, args.atol)
+    return 0 if ok else 1
+
+
+def _add_fixture_commands(sub) -> None:
+    threads, _ = _parent_parsers()
+    e = sub.add_parser("export-fixtures", parents=[threads],
+                       help="write golden fixtures (.npz per case and manifest.json) for "
+                       "checking other backends",
+                       description="Write one .npz per golden case and DIR/manifest.json. "
+                       "Each case holds inputs, parameters, every hidden state, the "
+                       "read-out, the loss and every gradient, computed by this reference. "
+                       "Refuses a non-empty DIR unless --force.")
+    e.add_argument("dir", metavar="DIR", help="output directory (created if missing)")
+    e.add_argument("--force", action="store_true",
+                   help="overwrite the fixture files in a non-empty DIR")
+    e.add_argument("--seed", type=int, default=FIXTURE_BASE_SEED,
+                   help=f"base seed (default {FIXTURE_BASE_SEED})")
+    e.set_defaults(func=cmd_export_fixtures)
+    v = sub.add_parser("verify-fixtures", parents=[threads],
+                       help="check a backend's function against the golden fixtures, "
+                       "tensor by tensor",
+                       description="Import FUNCTION from MODULE (a module importable from "
+                       "the current directory, or a .py path), call it on the inputs of "
+                       "every case in DIR (a dict: x, h0, target, W_hx, W_hh, b_h, W_yh, "
+                       "b_y, nonlinearity, loss_kind, output), compare the dict it returns "
+                       "(h, y, loss, grad_W_hx, grad_W_hh, grad_b_h, grad_W_yh, grad_b_y, "
+                       "grad_x, grad_h0) with the fixture, and print a table per case. Exit "
+                       "status 0 when every case passes, 1 when one fails, 2 on a usage "
+                       "error.")
+    v.add_argument("dir", metavar="DIR", help="a directory written by export-fixtures")
+    v.add_argument("--against", required=True, metavar="MODULE:FUNCTION",
+                   help="the function to check, e.g. my_backend:run or "
+                   "path/to/my_backend.py:run")
+    v.add_argument("--rtol", type=_nonneg_float, default=None,
+                   help="override the manifest's relative tolerance")
+    v.add_argument("--atol", type=_nonneg_float, default=None,
+                   help="override the manifest's absolute tolerance")
+    v.set_defaults(func=cmd_verify_fixtures)
+    s = sub.add_parser("survey-fixtures", parents=[threads],
+                       help="run a backend on many freshly drawn fixture cases and report "
+                       "its worst error against the tolerances",
+                       description="Draw every fixture case spec in float64 and float32 "
+                       "for base seeds 0..SEEDS-1 (in memory), run MODULE:FUNCTION on each "
+                       "and print per dtype the largest |a - e| and the worst "
+                       "|a - e| / (atol + rtol |e|) at the recommended tolerances. Exit "
+                       "status 1 when some case is outside them or the function raises or "
+                       "returns a malformed result, 2 on a usage error.")
+    s.add_argument("--against", required=True, metavar="MODULE:FUNCTION",
+                   help="the function to survey, as for verify-fixtures")
+    s.add_argument("--seeds", type=_positive_int, default=20,
+                   help="number of base seeds (default 20)")
+    s.set_defaults(func=cmd_survey_fixtures)
+
+
+# --- The analysis commands -------------------------------------------------------------
 
 def _analysis_figure(args, command):
     """(path, Figure) for --plot [PNG], or (None, None) without it. Refuses, before any
@@ -3557,88 +3665,16 @@ def _add_analysis_commands(sub):
     p.set_defaults(func=cmd_spectrum)
 
 
-# ---------------------------------------------------------------------------------------
-# The command line
-# ---------------------------------------------------------------------------------------
-#
-# Conventions, the same for every command:
-# - A figure is asked for with --plot [PNG]: the path given, or <command>.png in --out
-#   when the command has one, else in the current folder.
-# - An existing file or folder is never overwritten without --force; the committed
-#   figures are regenerated with --plot figures/<name>.png --force.
-# - Usage errors (bad option values, bad input files, existing outputs, an option the
-#   command cannot honour) and a missing optional package exit 2 with one line on stderr
-#   and no traceback. A run that raised an error makes the command exit 1; a run that
-#   diverged is a measured outcome (recorded, reported, exit 0).
+# --- bench ----------------------------------------------------------------------------
+
+def cmd_bench(args):
+    bench(args.shape or DEFAULT_BENCH_SHAPES, args.repeats, args.threads,
+          use_torch=not args.no_torch, seed=args.seed)
+    return 0
 
 
-class UsageError(Exception):
-    """A mistake in what the user asked for: main prints it on one line and exits 2."""
-
-
-class MissingPackage(UsageError):
-    """An optional package is needed and missing; the message says what to install."""
-
-
-def _figure_path(args, command):
-    """The PNG path of --plot [PNG] (None without --plot)."""
-    if getattr(args, "plot", None) is None:
-        return None
-    if args.plot:
-        return args.plot
-    out = getattr(args, "out", None)
-    return os.path.join(out, f"{command}.png") if out else f"{command}.png"
-
-
-def _check_outputs(paths, force):
-    """Refuse, before any work, an output that exists (without --force) or that cannot
-    be written: a missing or non-folder parent, or a parent without write permission."""
-    for p in paths:
-        if not p:
-            continue
-        if os.path.exists(p) and not force:
-            raise UsageError(f"{p} already exists; pass --force to overwrite it, or "
-                             "choose another path")
-        parent = os.path.dirname(os.path.abspath(p))
-        while not os.path.exists(parent):           # folders we will create
-            parent = os.path.dirname(parent)
-        if not os.path.isdir(parent):
-            raise UsageError(f"cannot write {p}: {parent} is not a folder")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise UsageError(f"cannot write {p}: no write permission in {parent}")
-
-
-def _refuse_explicit(args, names, why):
-    """Exit 2 when any option of ``names`` was given explicitly (its value is not None)."""
-    given = [n for n in names if getattr(args, n.lstrip("-").replace("-", "_"), None)
-             is not None]
-    if given:
-        raise UsageError(f"{', '.join(given)} cannot be used {why}")
-
-
-def _parent_parsers():
-    """Parent parsers of the options many commands share: threads (every command that
-    computes), and jobs (the training commands)."""
-    threads = argparse.ArgumentParser(add_help=False)
-    threads.add_argument("--threads", type=_positive_int, default=1,
-                         help="BLAS threads per process, set before numpy is imported "
-                         "(default 1: small products are fastest on one thread)")
-    jobs = argparse.ArgumentParser(add_help=False)
-    jobs.add_argument("--jobs", type=_positive_int, default=2,
-                      help="worker processes running the runs in parallel (default 2)")
-    jobs.add_argument("--progress-every", type=_pos_float, default=30.0, metavar="S",
-                      help="when the output is not a terminal, print each run's progress "
-                      "every S seconds (default 30)")
-    return threads, jobs
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="tasks.py", description="nprnn-ref: experiments, benchmarks and exports for "
-        "the np-RNN reference (Talathi and Vartak, arXiv 1511.03771).")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    b = sub.add_parser("bench", help="time loss_and_grads against its matrix-product floor "
+def _add_bench_command(sub, parents):
+    b = sub.add_parser("bench", parents=parents, help="time loss_and_grads against its matrix-product floor "
                        "(and PyTorch when installed)",
                        description="Median time of loss_and_grads (relu, mse, last, float64) "
                        "and of its floor (the 2T recurrent products plus the input "
@@ -3648,8 +3684,6 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--shape", type=_parse_shape, action="append", metavar="T,B,H,D",
                    help="a shape to time (repeatable); default: "
                    + " ".join(",".join(map(str, s)) for s in DEFAULT_BENCH_SHAPES))
-    b.add_argument("--threads", type=_positive_int, default=1,
-                   help="BLAS (and torch) threads, set before numpy is imported (default 1)")
     b.add_argument("--repeats", type=_positive_int, default=21,
                    help="timed repeats per shape (default 21)")
     b.add_argument("--seed", type=int, default=0, help="seed of the data (default 0)")
@@ -3658,7 +3692,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave glibc's mmap and trim thresholds at their defaults, to see "
                    "what fresh page faults on every call cost")
     b.set_defaults(func=cmd_bench)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tasks.py", description="nprnn-ref: experiments, benchmarks and exports for "
+        "the np-RNN reference (Talathi and Vartak, arXiv 1511.03771).")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
     threads, jobs = _parent_parsers()
+    _add_bench_command(sub, [threads])
     _add_experiment_commands(sub, [threads, jobs])
     _add_paper_commands(sub, [threads, jobs])
     _add_fixture_commands(sub)
