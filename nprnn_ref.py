@@ -11,14 +11,16 @@ The model (a simple RNN, "sRNN")::
 
 Where to start reading
 ----------------------
-1. ``init_params`` and ``np_init``: the paper's initialisation (its Eq. 9).
-2. ``forward_per_step``, ``backward_per_step`` and ``loss_and_grads_per_step``: the
+1. ``forward_per_step``, ``backward_per_step`` and ``loss_and_grads_per_step``: the
    recurrence and back-propagation through time one step at a time, written from the
-   equations in their docstrings (min-char-rnn's layout, carrying dh_next).
-3. ``forward``, ``backward`` and ``loss_and_grads``: the same maths vectorised, with the
-   same inputs and results (the tests prove the two paths equal). Everything outside the
-   time loop is a few large matrix products: all input projections before the loop, all
-   weight gradients after it.
+   equations in their docstrings (min-char-rnn's layout, BPTT carrying dh_next). Each
+   section below starts with its per-step function.
+2. ``forward``, ``backward`` and ``loss_and_grads``, next to them: the same maths
+   vectorised, with the same arguments, results and errors (the tests check that the two
+   paths agree to rounding). Everything outside the time loop is a few large matrix
+   products: all input projections before the loop, all weight gradients after it.
+3. ``init_params`` and ``np_init`` (the first section): the paper's initialisation, its
+   Eq. 9; ``SCHEMES`` holds the networks it is compared with.
 4. The analysis section: the paper's dynamical-systems argument, made runnable.
 
 Conventions
@@ -400,20 +402,20 @@ def _forward(params, x, h0, nonlinearity):
     zero = np.zeros((B, H), dtype)                       # the 0 of max(0, z_t)
     # Inside the loop only the recurrent product, one addition and f, all in place.
     prev = hs[0]
-    if dtype == np.float32:                              # FLOAT32_FLUSH, explained above
+    if dtype == np.float32:             # FLOAT32_FLUSH (see above): |h_t| < tiny -> 0
         tiny = np.finfo(np.float32).tiny
-        small = np.empty((B, H), bool)
-        mag = np.empty((B, H), dtype)
+        small = np.empty((B, H), bool)                   # (B, H): where h_t becomes 0
+        mag = np.empty((B, H), dtype)                    # (B, H): |h_t| for tanh
         for t in range(1, T + 1):
-            z = hs[t]
-            np.dot(prev, Whh_T, out=rec)
-            z += rec
+            z = hs[t]                                    # holds W_hx x_t + b_h
+            np.dot(prev, Whh_T, out=rec)                 # (B, H) = h_{t-1} W_hh^T
+            z += rec                                     # z_t, in place
             if relu:                                     # max(0, z_t), |z_t| < tiny -> 0
                 np.less(z, tiny, out=small)
             else:
-                np.tanh(z, out=z)
+                np.tanh(z, out=z)                        # h_t = tanh(z_t)
                 np.less(np.abs(z, out=mag), tiny, out=small)
-            np.copyto(z, zero, where=small)
+            np.copyto(z, zero, where=small)              # h_t, flushed
             prev = z
     else:
         for t in range(1, T + 1):
@@ -565,16 +567,18 @@ def _bptt(cache: dict, dh, output: str, return_dh: bool = False):
     delta = _f_prime(hs[1:], cache["nonlinearity"])      # (T, B, H)
     g = np.empty((T, B, H), dtype) if return_dh else None    # g[t - 1] = g_t
     buf = np.empty((B, H), dtype)                        # g_t when g is not returned
-    flush = dtype == np.float32                          # FLOAT32_FLUSH, see forward
+    flush = dtype == np.float32         # FLOAT32_FLUSH (see Forward): |delta_t| < tiny -> 0
     if flush:
-        small, mag = np.empty((B, H), bool), np.empty((B, H), dtype)
+        tiny, zero = np.finfo(np.float32).tiny, dtype.type(0)
+        small, mag = np.empty((B, H), bool), np.empty((B, H), dtype)   # (B, H) work arrays
     g_T = dh[T - 1] if every_step else dh                # (B, H): g_T = dh_T
     if return_dh:
         g[T - 1] = g_T
     delta_next = delta[T - 1]
     np.multiply(g_T, delta_next, out=delta_next)         # delta_T = g_T * f'(z_T)
     if flush:
-        _flush_float32(delta_next, mag, small)
+        np.less(np.abs(delta_next, out=mag), tiny, out=small)
+        np.copyto(delta_next, zero, where=small)
     for t in range(T - 1, 0, -1):                        # t = T-1 .. 1
         g_t = g[t - 1] if return_dh else buf
         np.dot(delta_next, W_hh, out=g_t)                # (B, H): W_hh^T delta_{t+1}
@@ -583,7 +587,8 @@ def _bptt(cache: dict, dh, output: str, return_dh: bool = False):
         delta_t = delta[t - 1]
         np.multiply(g_t, delta_t, out=delta_t)           # delta_t = g_t * f'(z_t)
         if flush:
-            _flush_float32(delta_t, mag, small)
+            np.less(np.abs(delta_t, out=mag), tiny, out=small)
+            np.copyto(delta_t, zero, where=small)
         delta_next = delta_t
     # All weight gradients after the loop, one product each.
     d2 = delta.reshape(T * B, H)                         # (T*B, H)
@@ -608,12 +613,6 @@ def _f_prime(h, nonlinearity):
         fp = h * h
         np.subtract(1.0, fp, out=fp)                     # 1 - h_t^2
     return fp
-
-
-def _flush_float32(a, mag, small):
-    """FLOAT32_FLUSH in place: a[|a| < tiny] = 0 (mag and small: work arrays like a)."""
-    np.less(np.abs(a, out=mag), FLOAT32_FLUSH, out=small)
-    np.copyto(a, a.dtype.type(0), where=small)
 
 
 def readout_backward(dy: np.ndarray, params: dict, h: np.ndarray, output: str = "last"):
