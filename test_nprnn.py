@@ -1235,14 +1235,28 @@ def torch_backend(case):
             "grad_x": x.grad.numpy(), "grad_h0": h0.grad[0].numpy()}
 
 
-def test_readme_torch_example_is_the_tested_function():
-    """The README shows torch_backend verbatim; this keeps the two from drifting apart."""
+def test_backends_doc_torch_example_is_the_tested_function():
+    """docs/backends.md shows torch_backend verbatim; this keeps the two from drifting."""
     import inspect
-    readme = os.path.join(os.path.dirname(os.path.abspath(__file__)), "README.md")
-    text = open(readme).read() if os.path.isfile(readme) else ""
-    if "def torch_backend(case):" not in text:
-        pytest.skip("README.md has no torch_backend example (yet)")
-    assert inspect.getsource(torch_backend).rstrip() in text
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "docs", "backends.md")
+    with open(path) as f:
+        assert inspect.getsource(torch_backend).rstrip() in f.read()
+
+
+def test_readme_training_loop_runs_and_takes_the_nonlinearity_from_the_scheme():
+    # The README's first Python block, run as written (200 SGD steps on the adding
+    # problem), then once more for a tanh scheme: the loop must pass the scheme's
+    # nonlinearity, never a hard-coded one.
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "README.md")
+    with open(path) as f:
+        text = f.read()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    assert 'nonlinearity="relu"' not in code and "nr.nonlinearity_of(scheme)" in code
+    for scheme in ("np", "tanh"):
+        env = {}
+        exec(code.replace('scheme = "np"', f"scheme = {scheme!r}"), env)
+        assert env["f"] == nr.SCHEMES[scheme].nonlinearity
+        assert env["y"].shape == (16, 1) and np.isfinite(float(env["loss"]))
 
 
 @pytest.fixture(scope="module")
