@@ -6,8 +6,17 @@ examples), chosen with HYPOTHESIS_PROFILE=thorough.
 """
 
 import dataclasses
+import gzip
+import hashlib
+import io
+import json
+import math
 import os
 import re
+import subprocess
+import sys
+import time
+import types
 
 import numpy as np
 import pytest
@@ -1139,9 +1148,6 @@ def test_bench_rejects_a_bad_shape(capsys):
 # Backend bridge: golden fixtures, the PyTorch weight bridge and the checker
 # ---------------------------------------------------------------------------------------
 
-import hashlib  # noqa: E402  (this section's imports)
-import io  # noqa: E402
-import json  # noqa: E402
 
 FIXTURE_BUGS = ("transposed_W_hh", "double_bias", "mask_wrong_step", "dh_not_carried",
                 "swapped_grad_biases")
@@ -1206,7 +1212,7 @@ def _bptt_with_planted_bug(dh, cache, bug):
     return dx, dh_next, grads
 
 
-# The README's worked PyTorch example: keep this function and the README text identical.
+# The worked PyTorch example of docs/backends.md: keep this function and that text identical.
 def torch_backend(case):
     """One fixture case through torch.nn.RNN + a Linear read-out; gradients by autograd."""
     import torch
@@ -1916,9 +1922,6 @@ def test_survey_separates_a_correct_backend_from_a_buggy_one():
 # input sensitivity, spectra, and the dynamics/gradflow/sensitivity/spectrum commands
 # ---------------------------------------------------------------------------------------
 
-import json  # noqa: E402
-import math  # noqa: E402
-import sys  # noqa: E402
 
 
 @st.composite
@@ -2382,9 +2385,6 @@ def test_np_init_two_nodes_follow_case_c_exactly_when_the_off_diagonal_is_positi
 # Tasks: task data, loaders, the training loop, checkpoints and the experiment CLI
 # ---------------------------------------------------------------------------------------
 
-import gzip  # noqa: E402
-import io  # noqa: E402
-import json  # noqa: E402
 
 
 @given(n=st.integers(1, 40), T=st.integers(2, 60), seed=st.integers(0, 2**32 - 1))
@@ -2843,11 +2843,6 @@ def test_seq_len_below_two_is_refused_before_any_run(capsys):
 # continue their history, divergence, the paper and resume commands, the pixel task
 # ---------------------------------------------------------------------------------------
 
-import dataclasses  # noqa: E402
-import re  # noqa: E402
-import subprocess  # noqa: E402
-import time  # noqa: E402
-import types  # noqa: E402
 
 REPO = os.path.dirname(os.path.abspath(__file__))
 # Fields of a summary that measure time, not results: a run continued from its checkpoint
