@@ -983,6 +983,152 @@ def run_many(cfgs, jobs=2, threads=1, progress=None, fn=None, label=None):
     return results
 
 
+# --- Job grids split across machines: run names, shards, job files, run folders --------
+#
+# A job is a list of runs. Its canonical order, which never changes between versions, is
+# the order of the runs' names (plain string order): shard i of n (0-based) takes the
+# runs at positions i, i + n, i + 2n, ... of that order. Every shard writes the job's
+# file (the same content from every shard) and one folder per run it trained under the
+# job's output root, so that `collect` can put the whole job together and say what is
+# missing.
+
+JOB_FORMAT = "nprnn-ref-job/1"
+EXPERIMENT_RUN_FORMAT = "nprnn-ref-experiment-run/1"
+
+
+def run_name(cfg: RunConfig) -> str:
+    """A run's name, unique within a job: task, length or data set, scheme, seed, and
+    lr and clip for the cells of a sweep."""
+    what = {"pixel": f"pixel-{cfg.dataset}", "digits": "digits"}.get(
+        cfg.task, f"{cfg.task}-T{cfg.seq_len}")
+    name = f"{what}-{cfg.scheme}-seed{cfg.seed}"
+    if cfg.label_hp:
+        name += f"-lr{cfg.lr:g}-clip{'none' if cfg.clip is None else format(cfg.clip, 'g')}"
+    return name
+
+
+def shard_indices(names, shard) -> list:
+    """The positions (in job order) of the runs of shard (i, n): those at i, i + n, ... of
+    the job's canonical (name-sorted) order. Duplicate names are refused."""
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise ValueError(f"the job has duplicate runs: {', '.join(dup)}")
+    i, n = shard
+    if not (isinstance(i, int) and isinstance(n, int) and 0 <= i < n):
+        raise ValueError(f"shard must be i/n with 0 <= i < n, got {i}/{n}")
+    canonical = sorted(range(len(names)), key=lambda k: names[k])
+    chosen = set(canonical[i::n])
+    return [k for k in range(len(names)) if k in chosen]
+
+
+def write_job_file(root, kind, command, names, settings) -> str:
+    """ROOT/job-<hash>.json: the job's kind ("experiment" or "paper"), command, run names
+    in job order and settings. Every shard writes the same file; a different one with
+    the same runs is refused."""
+    job = {"format": JOB_FORMAT, "kind": kind, "command": command, "runs": list(names),
+           "settings": _json_safe(settings)}
+    text = json.dumps(job, indent=1, sort_keys=True, allow_nan=False) + "\n"
+    digest = hashlib.sha256(json.dumps(job["runs"]).encode()).hexdigest()[:12]
+    path = os.path.join(root, f"job-{digest}.json")
+    os.makedirs(root, exist_ok=True)
+    if os.path.exists(path):
+        with open(path) as f:
+            if f.read() != text:
+                raise ValueError(f"{path} describes the same runs with other settings; "
+                                 "choose another output root")
+        return path
+    tmp = f"{path}.{os.getpid()}.partial"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+    return path
+
+
+def write_experiment_run(root, cfg: RunConfig, record, curve) -> str:
+    """ROOT/<run name>/result.json: the configuration, the record and the curve of one
+    finished run of an experiment command (strict JSON)."""
+    folder = os.path.join(root, run_name(cfg))
+    os.makedirs(folder, exist_ok=True)
+    doc = {"format": EXPERIMENT_RUN_FORMAT, "name": run_name(cfg),
+           "config": dataclasses.asdict(cfg), "record": record, "curve": curve}
+    path = os.path.join(folder, "result.json")
+    tmp = f"{path}.{os.getpid()}.partial"
+    with open(tmp, "w") as f:
+        json.dump(_json_safe(doc), f, indent=1, allow_nan=False)
+        f.write("\n")
+    os.replace(tmp, path)
+    return folder
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not a readable JSON file ({e})") from None
+
+
+def collect_job(roots) -> dict:
+    """Put together the job(s) whose files and run folders lie under ``roots``.
+
+    Returns {"jobs": [job dicts], "kind": "experiment" or "paper", "runs": {name: what
+    the run folder holds}, "missing": [names listed by a job file but not finished]}.
+    A run found twice (under two roots or two folders) is refused, as are jobs of two
+    kinds and run folders no job file lists. Without any job file, the run folders found
+    are the job (and nothing can be said to be missing).
+    """
+    jobs, found = [], {}
+    for root in roots:
+        if not os.path.isdir(root):
+            raise FileNotFoundError(f"{root} is not a folder")
+        for entry in sorted(os.listdir(root)):
+            path = os.path.join(root, entry)
+            if entry.startswith("job-") and entry.endswith(".json"):
+                job = _read_json(path)
+                if not isinstance(job, dict) or job.get("format") != JOB_FORMAT:
+                    raise ValueError(f"{path}: format must be {JOB_FORMAT!r}")
+                if job not in jobs:
+                    jobs.append(job)
+            elif os.path.isdir(path):
+                run = _read_run_entry(path)
+                if run is None:
+                    continue
+                if run["name"] in found:
+                    raise ValueError(f"run {run['name']} is found twice: in "
+                                     f"{found[run['name']]['folder']} and {path}")
+                found[run["name"]] = run
+    if not jobs and not found:
+        raise ValueError(f"no job file (job-*.json) and no run folder under "
+                         f"{', '.join(map(str, roots))}")
+    kinds = {j["kind"] for j in jobs} | {"paper" if "spec" in r else "experiment"
+                                         for r in found.values()}
+    if len(kinds) > 1:
+        raise ValueError(f"the roots hold jobs of several kinds: {', '.join(sorted(kinds))}")
+    listed = [n for j in jobs for n in j["runs"]] if jobs else sorted(found)
+    stray = sorted(set(found) - set(listed))
+    if stray:
+        raise ValueError(f"run folders that no job file lists: {', '.join(stray)}")
+    missing = [n for n in dict.fromkeys(listed) if n not in found or not found[n]["done"]]
+    return {"jobs": jobs, "kind": kinds.pop(), "runs": found, "missing": missing}
+
+
+def _read_run_entry(folder):
+    """What a run folder holds: an experiment run (result.json) or a paper run (run.json,
+    with summary.json once it ended); None for a folder that is neither."""
+    if os.path.isfile(os.path.join(folder, "result.json")):
+        doc = _read_json(os.path.join(folder, "result.json"))
+        if not isinstance(doc, dict) or doc.get("format") != EXPERIMENT_RUN_FORMAT:
+            raise ValueError(f"{folder}/result.json: format must be {EXPERIMENT_RUN_FORMAT!r}")
+        return {"name": doc["name"], "folder": folder, "done": True, "record": doc["record"],
+                "curve": doc["curve"]}
+    if os.path.isfile(os.path.join(folder, "run.json")):
+        spec, _, summary = read_run_folder(folder)
+        done = summary is not None and summary["status"] != "paused"
+        return {"name": spec.name, "folder": folder, "done": done, "summary": summary,
+                "spec": spec}
+    return None
+
+
 # ---------------------------------------------------------------------------------------
 # The paper's protocol: fixed training sets, the paper's metric, and run folders that a
 # later process continues (python tasks.py paper adding|multiply|pixel, resume ROOT)
@@ -2513,8 +2659,9 @@ def _curve_rows(records, curves):
 
 
 def write_outputs(out, records, curves, meta):
-    """curves.csv (one row per evaluation of every run) and summary.json (meta + one
-    record per run) in the folder ``out`` (already checked by _check_new_paths)."""
+    """curves.csv (one row per evaluation of every run) and summary.json (meta and the
+    list "runs" of one record per run; strict JSON, a non-finite number written as null)
+    in the folder ``out`` (already checked)."""
     import csv
     os.makedirs(out, exist_ok=True)
     rows = list(_curve_rows(records, curves))
@@ -2527,7 +2674,7 @@ def write_outputs(out, records, curves, meta):
         for r in rows:
             w.writerow({k: ("" if v is None else v) for k, v in r.items()})
     with open(os.path.join(out, "summary.json"), "w") as f:
-        json.dump({**meta, "runs": records}, f, indent=1)
+        json.dump(_json_safe({**meta, "runs": records}), f, indent=1, allow_nan=False)
         f.write("\n")
 
 
@@ -2874,6 +3021,17 @@ _positive_int = _int_at_least(1)
 _seq_len = _int_at_least(2, " (one marker in each half of the sequence)")
 
 
+def _shard_arg(text: str):
+    """--shard i/n: shard i (0-based) of n."""
+    try:
+        i, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        i, n = -1, 0
+    if not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"--shard must be i/n with 0 <= i < n, got {text!r}")
+    return i, n
+
+
 def _parse_shape(text: str):
     parts = text.split(",")
     try:
@@ -3083,7 +3241,7 @@ def _prepare_experiment(args, task, cfgs):
         _pyplot()
     saves = [c.save for c in cfgs if c.save and not (
         c.resume and os.path.realpath(c.save) == os.path.realpath(c.resume))]
-    _check_outputs([args.out, plot] + saves, args.force)
+    _check_outputs([None if args.shard else args.out, plot] + saves, args.force)
     for c in cfgs:
         if c.save:
             os.makedirs(os.path.dirname(os.path.abspath(c.save)), exist_ok=True)
@@ -3136,18 +3294,55 @@ def _report_job(args, task, records, curves, failed, wall, plot):
         print(f"wrote {plot}")
 
 
+def _shard_of(args, cfgs):
+    """The runs of --shard i/n (all of them without it); duplicate runs are refused."""
+    names = [run_name(c) for c in cfgs]
+    try:
+        keep = shard_indices(names, args.shard or (0, 1))
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if args.shard:
+        if not args.out:
+            raise UsageError("--shard needs --out ROOT, the job's root that every shard "
+                             "writes its run folders under")
+        taken = [os.path.join(args.out, names[k]) for k in keep]
+        _check_outputs(taken if not args.force else [], args.force)
+    return [cfgs[k] for k in keep], names
+
+
+def _write_run_folders(args, task, names, results_cfgs):
+    """The job file and one folder per finished run under --out (what collect reads)."""
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("func", "shard", "out", "force", "jobs", "threads",
+                             "progress_every", "plot")}
+    write_job_file(args.out, "experiment", args.command, names, dict(settings, task=task))
+    for cfg, (record, curve) in results_cfgs:
+        write_experiment_run(args.out, cfg, record, curve)
+
+
 def cmd_experiment(args):
     task = _experiment_task(args.command, args)
     t0 = time.perf_counter()
     base = _base_settings(args, task)
-    cfgs = [_resume_config(args, task, base)] if getattr(args, "resume", None) else \
-        _job_configs(args, task, base)
+    if getattr(args, "resume", None):
+        _refuse_explicit(args, ["--shard"], "with --resume")
+        cfgs = [_resume_config(args, task, base)]
+    else:
+        cfgs = _job_configs(args, task, base)
+    cfgs, names = _shard_of(args, cfgs)
     plot = _prepare_experiment(args, task, cfgs)
     _print_job(args, task, cfgs)
     plan = {run_label(c): (c.steps or 0) for c in cfgs} if cfgs[0].regression else None
     progress = Progress(every=args.progress_every, plan=plan, jobs=args.jobs)
     results = run_many(cfgs, jobs=args.jobs, threads=args.threads, progress=progress)
     records, curves, failed = _collect(results)
+    if args.out and not getattr(args, "resume", None):
+        done = [(c, r) for c, r in zip(cfgs, results) if not isinstance(r[1], str)]
+        _write_run_folders(args, task, names, done)
+    if args.shard:
+        print(f"shard {args.shard[0]}/{args.shard[1]}: {len(records)} run folder(s) under "
+              f"{args.out}; `python tasks.py collect {args.out}` puts the job together")
+        args.out = None                       # the job's outputs are collect's to write
     _report_job(args, task, records, curves, failed, time.perf_counter() - t0, plot)
     return 1 if failed else 0
 
@@ -3244,6 +3439,10 @@ def _add_output_options(p, name):
                    "default OUT/<command>.png or ./<command>.png); needs matplotlib")
     p.add_argument("--save", metavar="DIR",
                    help="write each run's checkpoint (.npz) there at every evaluation")
+    p.add_argument("--shard", type=_shard_arg, metavar="I/N",
+                   help="run only shard I (0-based) of N of the job: the runs at positions "
+                   "I, I+N, ... of the job's runs sorted by name; each shard writes its run "
+                   "folders under --out, and `collect` puts the job together")
     if name != "sweep":
         p.add_argument("--resume", metavar="CKPT",
                        help="continue the run of this checkpoint to --steps/--epochs, with "
@@ -3269,6 +3468,53 @@ def _add_experiment_commands(sub, parents):
 def _train_folder(folder, report=None):
     """run_many's view of train_paper_run: (summary, None)."""
     return train_paper_run(folder, report=report), None
+
+
+def paper_groups(summaries) -> dict:
+    """Summaries of paper runs grouped by task and length (or data set), each group in
+    the canonical order: {"adding, T=150": [...], "pixel, fashion-mnist": [...]}."""
+    groups = {}
+    for s in sorted(summaries, key=lambda s: canonical_key(PaperRun.from_json(
+            {k: s[k] for k in (f.name for f in dataclasses.fields(PaperRun))}))):
+        key = f"pixel, {s['dataset']}" if s["task"] == "pixel" else \
+            f"{s['task']}, T={s['seq_len']}"
+        groups.setdefault(key, []).append(s)
+    return groups
+
+
+def read_curve_csv(path) -> list:
+    """The rows of a paper run's curves.csv as dicts of floats (empty cells None)."""
+    import csv
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    num = {"run", "task", "scheme"}
+    return [{k: (v if k in num else (None if v == "" else float(v))) for k, v in r.items()}
+            for r in rows]
+
+
+def plot_paper_curves(path, groups, folders):
+    """The paper's metric against updates, one panel per task and length, one line per
+    network (and seed): % of test sequences with |error| < 0.04, or test accuracy."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(groups), figsize=(6.2 * len(groups), 4.2),
+                             squeeze=False)
+    for ax, (title, runs) in zip(axes[0], groups.items()):
+        seeds = len({r["seed"] for r in runs}) > 1
+        for r in runs:
+            rows = read_curve_csv(os.path.join(folders[r["run"]], "curves.csv"))
+            key = "test_accuracy" if r["task"] == "pixel" else "test_within"
+            label = (r["paper_name"] or r["scheme"]) + (f" s{r['seed']}" if seeds else "")
+            ax.plot([p["update"] for p in rows], [100 * p[key] for p in rows], lw=1.2,
+                    label=label)
+        ax.set_ylim(0, 100)
+        ax.set_xlabel("update")
+        ax.set_ylabel("test accuracy (%)" if runs[0]["task"] == "pixel" else
+                      "% of test sequences with |error| < 0.04")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _folder_label(folder):
@@ -3328,6 +3574,11 @@ def cmd_paper(args):
             load_pixel_dataset(args.dataset, args.data)     # say what is missing now
     except (ValueError, TypeError, FileNotFoundError) as e:
         raise UsageError(str(e)) from None
+    names, all_specs = [s.name for s in specs], specs
+    try:
+        specs = [specs[k] for k in shard_indices(names, args.shard or (0, 1))]
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     departures = list(dict.fromkeys(d for s in specs for d in paper_departures(s)))
     choices = departures + PAPER_CHOICES["all"] + PAPER_CHOICES[args.task]
     _print_protocol(specs, choices)
@@ -3347,7 +3598,11 @@ def cmd_paper(args):
                 raise UsageError(f"{folder} holds a run with other settings "
                                  f"({', '.join(diff)}); choose another --out")
         folders.append(folder)
-    os.makedirs(args.out, exist_ok=True)
+    try:
+        write_job_file(args.out, "paper", f"paper {args.task}", names,
+                       {"specs": [s.to_json() for s in all_specs]})
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     for spec, folder in zip(specs, folders):
         if not os.path.exists(folder):
             create_run_folder(args.out, spec, choices)
@@ -3419,6 +3674,9 @@ def _add_paper_commands(sub, parents):
     p.add_argument("--resume", action="store_true",
                    help="continue runs whose folders exist under ROOT (their settings "
                    "must match); finished runs are left as they are")
+    p.add_argument("--shard", type=_shard_arg, metavar="I/N",
+                   help="run only shard I (0-based) of N: the runs at positions I, I+N, ... "
+                   "of the job's runs sorted by name")
     p.set_defaults(func=cmd_paper)
     r = sub.add_parser("resume", help="continue every unfinished run under a job's root",
                        parents=parents,
@@ -3665,6 +3923,107 @@ def _add_analysis_commands(sub):
     p.set_defaults(func=cmd_spectrum)
 
 
+# --- collect: put a job split into shards together ---------------------------------------
+
+def _collect_experiment(args, job):
+    names = list(dict.fromkeys(n for j in job["jobs"] for n in j["runs"])) or \
+        sorted(job["runs"])
+    runs = [job["runs"][n] for n in names if n in job["runs"]]
+    records, curves = [r["record"] for r in runs], [r["curve"] for r in runs]
+    if not records:
+        return
+    command = job["jobs"][0]["command"] if job["jobs"] else "collect"
+    regression = records[0]["task"] in ("adding", "multiply")
+    print(results_table(records, regression))
+    lrs = sorted(set(r["lr"] for r in records))
+    clips = sorted(set(r["clip"] for r in records), key=lambda c: math.inf if c is None else c)
+    if command == "sweep":
+        text, fracs = sweep_table(records, lrs, clips)
+        print()
+        print(text)
+    if args.out:
+        meta = {"command": command, "task": records[0]["task"], "collected_from": args.roots,
+                "missing": job["missing"]}
+        write_outputs(args.out, records, curves, meta)
+        print(f"wrote {os.path.join(args.out, 'curves.csv')} and "
+              f"{os.path.join(args.out, 'summary.json')}")
+    plot = _figure_path(args, "collect")
+    if plot:
+        r0 = records[0]
+        title = f"{r0['task']}, hidden {r0['hidden']}, batch {r0['batch']}"
+        if command == "sweep":
+            plot_sweep(plot, fracs, lrs, clips, title + f", {r0['steps']} steps: fraction solved")
+        else:
+            plot_curves(plot, records, curves, title)
+        print(f"wrote {plot}")
+
+
+def _collect_paper(args, job):
+    runs = [r for r in job["runs"].values() if r["done"]]
+    groups = paper_groups([r["summary"] for r in runs])
+    for title, summaries in groups.items():
+        print(f"\n{title}")
+        print(paper_table(summaries))
+    folders = {r["name"]: r["folder"] for r in runs}
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "summary.json"), "w") as f:
+            json.dump(_json_safe({"collected_from": args.roots, "missing": job["missing"],
+                                  "runs": [s for g in groups.values() for s in g]}),
+                      f, indent=1, allow_nan=False)
+            f.write("\n")
+        with open(os.path.join(args.out, "curves.csv"), "w") as out:
+            for i, s in enumerate(s for g in groups.values() for s in g):
+                with open(os.path.join(folders[s["run"]], "curves.csv")) as f:
+                    lines = f.read().splitlines(keepends=True)
+                out.writelines(lines if i == 0 else lines[1:])
+        print(f"wrote {os.path.join(args.out, 'summary.json')} and "
+              f"{os.path.join(args.out, 'curves.csv')}")
+    plot = _figure_path(args, "collect")
+    if plot and groups:
+        plot_paper_curves(plot, groups, folders)
+        print(f"wrote {plot}")
+
+
+def cmd_collect(args):
+    try:
+        job = collect_job(args.roots)
+    except (OSError, ValueError) as e:
+        raise UsageError(str(e)) from None
+    out = [os.path.join(args.out, n) for n in ("curves.csv", "summary.json")] \
+        if args.out else []
+    _check_outputs(out + [_figure_path(args, "collect")], args.force)
+    if _figure_path(args, "collect"):
+        _pyplot()
+    if job["missing"] and not args.partial:
+        print(f"{len(job['missing'])} run(s) missing or unfinished: "
+              + ", ".join(job["missing"]), file=sys.stderr)
+        print("tasks.py collect: pass --partial to collect what is there", file=sys.stderr)
+        return 1
+    (_collect_paper if job["kind"] == "paper" else _collect_experiment)(args, job)
+    if job["missing"]:
+        print(f"\n{len(job['missing'])} run(s) missing or unfinished: "
+              + ", ".join(job["missing"]))
+    return 0
+
+
+def _add_collect_command(sub):
+    p = sub.add_parser("collect", help="put a job split into shards together: the table, "
+                       "curves.csv, summary.json and figure of the unsplit job",
+                       description="Read the job files (job-*.json) and run folders under "
+                       "the ROOTs (one per shard, or one shared root), refuse runs found "
+                       "twice, list the runs that are missing or unfinished, and print and "
+                       "write what the unsplit job would have.")
+    p.add_argument("roots", nargs="+", metavar="ROOT")
+    p.add_argument("--out", metavar="DIR", help="write curves.csv and summary.json there")
+    p.add_argument("--plot", nargs="?", const="", metavar="PNG",
+                   help="write the job's figure (default OUT/collect.png or ./collect.png)")
+    p.add_argument("--force", action="store_true", help="allow overwriting outputs")
+    p.add_argument("--partial", action="store_true",
+                   help="collect what is there even when runs are missing (exit 0)")
+    p.set_defaults(func=cmd_collect)
+
+
 # --- bench ----------------------------------------------------------------------------
 
 def cmd_bench(args):
@@ -3704,6 +4063,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_bench_command(sub, [threads])
     _add_experiment_commands(sub, [threads, jobs])
     _add_paper_commands(sub, [threads, jobs])
+    _add_collect_command(sub)
     _add_fixture_commands(sub)
     _add_analysis_commands(sub)
     return p

@@ -3528,3 +3528,95 @@ def test_pixel_data_set_errors_name_what_is_missing(tmp_path):
                            train_size=41, test_size=20, batch=16, hidden=4)
     with pytest.raises(ValueError, match="40 training and 20 test images"):
         tasks._FixedData(spec)
+
+
+# =======================================================================================
+# Job grids split across machines: --shard i/n and collect
+# =======================================================================================
+
+_SWEEP_TINY = ["sweep", "adding", "--steps", "40", "--eval-every", "20", "--seq-len", "6",
+               "--hidden", "5", "--test-size", "16", "--batch", "4", "--lrs", "0.01,0.1",
+               "--clips", "1,none", "--seeds", "2", "--schemes", "np,irnn", "--jobs", "1",
+               "--progress-every", "1000"]
+_TIMING = ("wall_seconds", "train_seconds", "steps_per_second")
+
+
+def _tables(text):
+    """The printed result rows (timing columns dropped) and the sweep's grid."""
+    rows = [re.sub(r"\s+\S+\s+\S+$", "", line) for line in text.splitlines()
+            if re.match(r"^(scheme|np|irnn) +(seed|\d)", line)]
+    grid = text[text.index("fraction of runs solved"):].split("\nwall time")[0].split(
+        "\nwrote")[0]
+    return rows, grid.strip()
+
+
+def test_shard_indices_deal_the_name_sorted_runs_round_robin():
+    names = ["c", "a", "d", "b", "e"]                # sorted: a b c d e
+    assert tasks.shard_indices(names, (0, 2)) == [0, 1, 4]          # a, c, e (job order)
+    assert tasks.shard_indices(names, (1, 2)) == [2, 3]             # b, d
+    assert sorted(tasks.shard_indices(names, (0, 2)) + tasks.shard_indices(names, (1, 2))) \
+        == list(range(5))
+    with pytest.raises(ValueError, match="duplicate runs: a"):
+        tasks.shard_indices(["a", "b", "a"], (0, 1))
+    with pytest.raises(ValueError, match="0 <= i < n"):
+        tasks.shard_indices(names, (2, 2))
+
+
+def test_a_sweep_split_into_shards_and_collected_equals_the_sweep_run_whole(tmp_path, capsys):
+    capsys.readouterr()
+    assert tasks.main(_SWEEP_TINY + ["--out", str(tmp_path / "whole")]) == 0
+    whole = capsys.readouterr().out
+    for i in range(3):
+        assert tasks.main(_SWEEP_TINY + ["--out", str(tmp_path / "split"),
+                                         "--shard", f"{i}/3"]) == 0
+    capsys.readouterr()
+    assert tasks.main(["collect", str(tmp_path / "split"), "--out",
+                       str(tmp_path / "collected")]) == 0
+    collected = capsys.readouterr().out
+    assert _tables(collected) == _tables(whole) and len(_tables(whole)[0]) == 17
+    a = json.loads((tmp_path / "whole" / "summary.json").read_text())["runs"]
+    b = json.loads((tmp_path / "collected" / "summary.json").read_text())["runs"]
+    strip = (lambda rs: [{k: v for k, v in r.items() if k not in _TIMING} for r in rs])
+    assert strip(a) == strip(b) and len(a) == 16
+    assert (tmp_path / "whole" / "curves.csv").read_text() == \
+        (tmp_path / "collected" / "curves.csv").read_text()
+
+
+def test_collect_lists_missing_runs_and_refuses_runs_found_twice(tmp_path, capsys):
+    import shutil
+    root = tmp_path / "split"
+    assert tasks.main(_SWEEP_TINY + ["--out", str(root), "--shard", "0/2"]) == 0
+    capsys.readouterr()
+    assert tasks.main(["collect", str(root)]) == 1                  # shard 1/2 not run
+    err = capsys.readouterr().err
+    assert "8 run(s) missing or unfinished" in err and "--partial" in err
+    assert tasks.main(["collect", str(root), "--partial"]) == 0
+    assert "8 run(s) missing or unfinished" in capsys.readouterr().out
+    other = tmp_path / "copy"
+    other.mkdir()
+    run = next(p for p in root.iterdir() if p.is_dir())
+    shutil.copytree(run, other / run.name)
+    _usage_error(["collect", str(root), str(other)], capsys, f"run {run.name} is found twice")
+
+
+def test_a_shard_needs_a_root_and_a_sweep_with_duplicate_cells_is_refused(tmp_path, capsys):
+    _usage_error(_SWEEP_TINY + ["--shard", "0/2"], capsys, "--shard needs --out ROOT")
+    dup = [a if a != "0.01,0.1" else "0.1,0.1" for a in _SWEEP_TINY]
+    _usage_error(dup + ["--out", str(tmp_path / "o")], capsys, "duplicate runs")
+    assert not (tmp_path / "o").exists()
+
+
+def test_paper_runs_split_into_shards_are_collected_into_one_table(tmp_path, capsys):
+    args = ["paper", "adding", "--seq-len", "6", "--schemes", "np,irnn,grnn",
+            "--hidden", "6", "--train-size", "60", "--test-size", "20", "--epochs", "1",
+            "--eval-every", "30", "--jobs", "1", "--out", str(tmp_path / "r")]
+    assert tasks.main(args + ["--shard", "0/2"]) == 0
+    assert sorted(p.name for p in (tmp_path / "r").iterdir() if p.is_dir()) == \
+        ["adding-T6-grnn-seed0", "adding-T6-np-seed0"]      # positions 0 and 2 by name
+    assert tasks.main(args + ["--shard", "1/2"]) == 0
+    capsys.readouterr()
+    assert tasks.main(["collect", str(tmp_path / "r"), "--out", str(tmp_path / "c")]) == 0
+    out = capsys.readouterr().out
+    assert "adding, T=6" in out and all(n in out for n in ("IRNN", "np-RNN", "gRNN"))
+    runs = json.loads((tmp_path / "c" / "summary.json").read_text())["runs"]
+    assert [r["scheme"] for r in runs] == ["irnn", "np", "grnn"]   # PAPER_SCHEMES order
