@@ -44,11 +44,17 @@ Conventions
   step (y has shape (T, B, O)).
 - Functions are pure: nothing passed in is modified, randomness comes only from the numpy
   Generator ``rng`` passed in.
+- Errors: bad input raises ValueError or TypeError naming the argument, the expected and
+  the actual value; nothing is broadcast, cast or converted. Arrays must be plain
+  ndarrays (or memmaps) in the machine's byte order: np.matrix, masked arrays and other
+  subclasses are refused. NaN or inf in an argument, and finite arguments whose results
+  overflow, raise NonFiniteError (a ValueError) saying which argument, or which result
+  and at which step. NumPy's RuntimeWarnings are silenced inside the computations.
 
 Sections, in reading order: initialisers, forward, backward (BPTT), losses, optimiser,
 analysis (the paper's dynamical-systems argument), validation (the argument checks every
-public function runs first), backend bridge (PyTorch weight names, golden fixtures, the
-checker).
+public function runs first, and the checks of its results), backend bridge (PyTorch
+weight names, golden fixtures, the checker).
 """
 
 from __future__ import annotations
@@ -65,6 +71,7 @@ import numpy as np
 __all__ = [
     # constants and initialisers
     "PARAM_NAMES", "NONLINEARITIES", "LOSSES", "OUTPUTS", "SCHEMES", "Scheme",
+    "NonFiniteError",
     "INPUT_RECIPES", "alpha", "np_init", "identity_init", "orthogonal_init",
     "gaussian_init", "normalized_gaussian_init", "spectral_radius", "nonlinearity_of",
     "init_params",
@@ -87,6 +94,19 @@ RECURRENT_NAMES = ("W_hx", "W_hh", "b_h")
 NONLINEARITIES = ("relu", "tanh")
 LOSSES = ("mse", "xent")
 OUTPUTS = ("last", "all")
+
+
+class NonFiniteError(ValueError):
+    """NaN or inf where only finite numbers make sense.
+
+    Raised for an argument that holds one (the message names it and the first index) and
+    for a result that overflowed although every argument was finite (the message says
+    which result and at which time step): finite inputs too large for the dtype, such as
+    x * 1e200 or a W_hh whose powers blow up. It is a ValueError, so ``except
+    ValueError`` catches it with every other bad input; a training loop catches it by
+    name to record a divergence. The functions compute under ``np.errstate(all="ignore")``
+    so that this error, not NumPy's RuntimeWarnings, is what a caller sees.
+    """
 
 
 # ---------------------------------------------------------------------------------------
@@ -114,7 +134,7 @@ def np_init(n: int, rng: np.random.Generator) -> np.ndarray:
     below 1 (almost surely); every eigenvalue is at least 1 / lambda_max(A + I), because
     A is positive semi-definite. ``rng.standard_normal((n, n))`` is the only draw.
     """
-    n = _check_size("n", n)
+    n = _check_matrix_size(n)
     rng = _check_rng(rng)
     R = rng.standard_normal((n, n))                 # (n, n)
     M = R.T @ R / n + np.eye(n)                      # A + I, (n, n)
@@ -125,17 +145,15 @@ def np_init(n: int, rng: np.random.Generator) -> np.ndarray:
 
 def identity_init(n: int, scale: float = 1.0) -> np.ndarray:
     """W_hh = scale * I: IRNN (scale = 1, Le et al.) and i-RNN (scale < 1, e.g. 0.01)."""
-    n = _check_size("n", n)
-    if not isinstance(scale, (int, float, np.floating, np.integer)) or isinstance(scale, bool) \
-            or not math.isfinite(scale):
-        raise ValueError(f"scale must be a finite number, got {scale!r}")
+    n = _check_matrix_size(n)
+    _check_real("scale", scale, "a finite number")
     return float(scale) * np.eye(n)
 
 
 def orthogonal_init(n: int, rng: np.random.Generator) -> np.ndarray:
     """A random orthogonal matrix: Q of the QR decomposition of a Gaussian (n, n) matrix,
     with the signs of its columns fixed by sign(diag(R)) so that Q is Haar-distributed."""
-    n = _check_size("n", n)
+    n = _check_matrix_size(n)
     rng = _check_rng(rng)
     G = rng.standard_normal((n, n))
     Q, R = np.linalg.qr(G)
@@ -151,16 +169,22 @@ def gaussian_init(n: int, rng: np.random.Generator) -> np.ndarray:
     tends to 1 as n grows (circular law). At n = 100 its median is about 1.05, so most
     draws are slightly expanding. ``rng.standard_normal((n, n))`` is the only draw.
     """
-    n = _check_size("n", n)
+    n = _check_matrix_size(n)
     rng = _check_rng(rng)
     return rng.standard_normal((n, n)) / math.sqrt(n)
 
 
 def spectral_radius(W: np.ndarray) -> float:
-    """rho(W) = max |lambda_i(W)| over the (complex) eigenvalues of a square matrix."""
+    """rho(W) = max |lambda_i(W)| over the (complex) eigenvalues of a square matrix.
+
+    A NonFiniteError when W is finite but so large that the result overflows."""
     W = _check_square("W", W)
-    _check_finite("W", W)
-    return float(np.max(np.abs(np.linalg.eigvals(W))))
+    with np.errstate(all="ignore"):
+        rho = float(np.max(np.abs(_eigenvalues("W", W, symmetric=False))))
+    if not math.isfinite(rho):
+        raise NonFiniteError(f"the spectral radius of W overflowed ({rho}), though W is "
+                             f"finite: {_overflow_hint(W.dtype)}")
+    return rho
 
 
 def normalized_gaussian_init(n: int, rng: np.random.Generator) -> np.ndarray:
@@ -171,7 +195,7 @@ def normalized_gaussian_init(n: int, rng: np.random.Generator) -> np.ndarray:
     neither symmetric nor positive definite. ``rng.standard_normal((n, n))`` is the only
     draw (the scale of G cancels).
     """
-    n = _check_size("n", n)
+    n = _check_matrix_size(n)
     rng = _check_rng(rng)
     G = rng.standard_normal((n, n))
     return G / spectral_radius(G)
@@ -274,9 +298,9 @@ def init_params(n_in: int, n_hidden: int, n_out: int, scheme: str,
     _check_choice("scheme", scheme, tuple(SCHEMES))
     _check_choice("inputs", inputs, tuple(INPUT_RECIPES))
     rng = _check_rng(rng)
-    dtype = np.dtype(dtype)
-    if dtype not in (np.float32, np.float64):
-        raise TypeError(f"dtype must be float32 or float64, got {dtype.name}")
+    dtype = _check_dtype_arg("dtype", dtype)
+    _check_memory(f"n_in={D}, n_hidden={H}, n_out={O}",      # float64 draws, W_hh twice
+                  8 * (H * D + 2 * H * H + O * H))
     s = SCHEMES[scheme]
     unknown = sorted(set(scheme_options) - set(s.options))
     if unknown:
@@ -285,10 +309,15 @@ def init_params(n_in: int, n_hidden: int, n_out: int, scheme: str,
     W_hx = rng.standard_normal((H, D)) * INPUT_RECIPES[inputs](H, scheme)   # (H, D)
     W_hh = s.w_hh(H, rng, **scheme_options)                       # (H, H)
     W_yh = rng.standard_normal((O, H)) * math.sqrt(2.0 / (H + O))  # (O, H) Glorot normal
-    return {
-        "W_hx": W_hx.astype(dtype), "W_hh": W_hh.astype(dtype),
-        "b_h": np.zeros(H, dtype), "W_yh": W_yh.astype(dtype), "b_y": np.zeros(O, dtype),
-    }
+    with np.errstate(all="ignore"):
+        params = {
+            "W_hx": W_hx.astype(dtype), "W_hh": W_hh.astype(dtype),
+            "b_h": np.zeros(H, dtype), "W_yh": W_yh.astype(dtype), "b_y": np.zeros(O, dtype),
+        }
+    if not np.isfinite(params["W_hh"]).all():          # an option beyond the dtype's range
+        raise NonFiniteError(f"params['W_hh'] of scheme {scheme!r} with options "
+                             f"{scheme_options} overflows {dtype.name}")
+    return params
 
 
 # ---------------------------------------------------------------------------------------
@@ -336,9 +365,23 @@ def forward_per_step(params: dict, x: np.ndarray, h0: np.ndarray | None = None,
         h[t - 1] is h_t (a read-only view into the cache).
     cache : dict
         What ``backward_per_step`` (and ``backward``) need: x, the states h_0..h_T and the
-        weights, laid out as ``forward``'s cache.
+        weights, laid out as ``forward``'s cache. It holds references to your x, W_hx
+        and W_hh, not copies: change them before ``backward`` and the gradients change.
+
+    Raises
+    ------
+    NonFiniteError
+        When finite arguments overflow (as in ``forward``).
     """
     h0 = _check_forward_args(params, x, h0, nonlinearity)
+    with np.errstate(all="ignore"):
+        h, cache = _forward_per_step(params, x, h0, nonlinearity)
+    _check_states(h, "params, x and h0")
+    return h, cache
+
+
+def _forward_per_step(params, x, h0, nonlinearity):
+    """``forward_per_step`` on validated arguments (h0 an array)."""
     W_hx, W_hh, b_h = params["W_hx"], params["W_hh"], params["b_h"]
     T, B, _ = x.shape
     H = W_hh.shape[0]
@@ -378,10 +421,24 @@ def forward(params: dict, x: np.ndarray, h0: np.ndarray | None = None,
     Returns
     - h: (T, B, H), h[t-1] is h_t (a read-only view into the cache)
     - cache: what ``backward`` needs, O(T*B*(H + D)) numbers: the inputs, h0 and every
-      hidden state (no pre-activations: f'(z_t) is recovered from h_t).
+      hidden state (no pre-activations: f'(z_t) is recovered from h_t). The cache holds
+      references to your x, W_hx and W_hh, not copies (a copy would cost time on every
+      call): change them between ``forward`` and ``backward`` and the gradients change
+      with them. ``backward`` checks that they are still consistent and finite, nothing
+      more.
+
+    Errors: bad arguments raise ValueError or TypeError naming them. Finite arguments
+    whose states overflow the dtype (x * 1e200, a W_hh with a large eigenvalue over many
+    steps) raise NonFiniteError, a ValueError, naming the first step t whose h_t is not
+    finite (every h_t is checked, by one reduction over h). Under tanh an overflowing
+    pre-activation saturates instead: tanh(+-inf) = +-1, tanh's own limit, so the states
+    stay finite and no error is raised unless inf - inf makes a NaN.
     """
     h0 = _check_forward_args(params, x, h0, nonlinearity)
-    return _forward(params, x, h0, nonlinearity)
+    with np.errstate(all="ignore"):
+        h, cache = _forward(params, x, h0, nonlinearity)
+    _check_states(h, "params, x and h0")
+    return h, cache
 
 
 def _forward(params, x, h0, nonlinearity):
@@ -436,15 +493,20 @@ def _forward(params, x, h0, nonlinearity):
 def readout(params: dict, h: np.ndarray, output: str = "last") -> np.ndarray:
     """y = W_yh h_t + b_y.
 
-    Inputs: h (T, B, H); output "last" (read h_T only) or "all".
+    Inputs: h (T, B, H) with T, B >= 1, finite where read; output "last" (read h_T
+    only) or "all".
     Returns y: (B, O) for "last", (T, B, O) for "all" (logits for "xent").
+    A NonFiniteError when finite arguments overflow.
     """
     _check_choice("output", output, OUTPUTS)
     H, _, O, dtype = check_params(params)
-    _as_array("h", h)
-    _check_shape("h", h, (("T", None), ("B", None), ("H", H)))
-    _check_float("h", h, dtype)
-    return _readout(params, h, output)
+    T, B = _check_h(h, H, dtype, output)
+    _check_memory(f"h of shape {h.shape} with O={O}",
+                  (T if output == "all" else 1) * B * O * dtype.itemsize)
+    with np.errstate(all="ignore"):
+        y = _readout(params, h, output)
+    _check_readout_result(y, output, "params and h")
+    return y
 
 
 def _readout(params, h, output):
@@ -483,7 +545,7 @@ def backward_per_step(dh: np.ndarray, cache: dict, return_dh: bool = False):
         dL/dh_t arriving at each h_t directly, not through h_{t+1} (zeros except dh[-1]
         for output="last").
     cache : dict
-        From ``forward_per_step`` or ``forward``.
+        From ``forward_per_step`` or ``forward``, unchanged since (see ``backward``).
     return_dh : bool
         Also return g, the total dL/dh_t.
 
@@ -495,8 +557,21 @@ def backward_per_step(dh: np.ndarray, cache: dict, return_dh: bool = False):
         {"W_hx": (H, D), "W_hh": (H, H), "b_h": (H,)}
     g : ndarray, shape (T, B, H)
         Only with return_dh: g[t - 1] is g_t.
+
+    Raises
+    ------
+    NonFiniteError
+        When finite arguments overflow (as in ``backward``).
     """
-    _check_dh(dh, cache)
+    _check_backward_args(dh, cache, return_dh)
+    with np.errstate(all="ignore"):
+        out = _backward_per_step(dh, cache, return_dh)
+    _check_backward_results(out, cache, dh, "all", "dh and the cache")
+    return out
+
+
+def _backward_per_step(dh, cache, return_dh):
+    """``backward_per_step`` on validated arguments."""
     x, hs, W_hx, W_hh = cache["x"], cache["hs"], cache["W_hx"], cache["W_hh"]
     T, B, D = x.shape
     H = W_hh.shape[0]
@@ -542,15 +617,42 @@ def backward(dh: np.ndarray, cache: dict, return_dh: bool = False):
     Inputs
     - dh: (T, B, H) gradient of the loss with respect to each h_t, not counting the path
       through h_{t+1} (zeros except dh[-1] for output="last")
-    - cache: from ``forward`` (or ``forward_per_step``)
+    - cache: from ``forward`` (or ``forward_per_step``). It holds references to the x,
+      W_hx and W_hh that were passed to ``forward``, not copies: if they were changed
+      since, the gradients are those of the changed values, silently. Its keys, shapes,
+      dtypes and finiteness are checked ("cache must be the cache returned by forward").
     - return_dh: also return g, the total dL/dh_t, shape (T, B, H)
 
     Returns (dx, dh0, grads) or, with return_dh, (dx, dh0, grads, g)
     - dx: (T, B, D), dh0: (B, H)
     - grads: {"W_hx": (H, D), "W_hh": (H, H), "b_h": (H,)}
+
+    A NonFiniteError, naming the step, when finite arguments overflow (a large dh, or a
+    W_hh whose powers grow over many steps).
     """
-    _check_dh(dh, cache)
-    return _bptt(cache, dh, "all", return_dh)
+    _check_backward_args(dh, cache, return_dh)
+    with np.errstate(all="ignore"):
+        out = _bptt(cache, dh, "all", return_dh)
+    _check_backward_results(out, cache, dh, "all", "dh and the cache")
+    return out
+
+
+def _check_backward_args(dh, cache, return_dh):
+    """The checks of ``backward`` and ``backward_per_step``."""
+    T, B, D, H, dtype = _check_cache(cache)
+    _check_dh(dh, T, B, H, dtype)
+    _check_bool("return_dh", return_dh)
+    _check_memory(f"dh of shape {dh.shape} with D={D}",
+                  ((2 if return_dh else 1) * T * B * H + T * B * D) * dtype.itemsize)
+
+
+def _check_backward_results(out, cache, dh, output, argnames):
+    """BPTT's dx, dh0 and gradients finite, else a NonFiniteError naming the step."""
+    dx, dh0, grads = out[:3]
+    bad = _first_bad([("dx", dx), ("dh0", dh0)]
+                     + [(f"grads[{k!r}]", v) for k, v in grads.items()])
+    if bad is not None:
+        raise _bptt_overflow(bad, cache, dh, output, argnames)
 
 
 def _bptt(cache: dict, dh, output: str, return_dh: bool = False):
@@ -618,16 +720,26 @@ def _f_prime(h, nonlinearity):
 def readout_backward(dy: np.ndarray, params: dict, h: np.ndarray, output: str = "last"):
     """Gradients of y = W_yh h_t + b_y.
 
-    Inputs: dy ((B, O) for "last", (T, B, O) for "all"), params, h (T, B, H).
+    Inputs: dy ((B, O) for "last", (T, B, O) for "all"), params, h (T, B, H), all of
+    the params' dtype and finite (h where it is read).
     Returns (dh, grads): dh (T, B, H), zero except the read steps;
-    grads {"W_yh": (O, H), "b_y": (O,)}.
+    grads {"W_yh": (O, H), "b_y": (O,)}. A NonFiniteError when finite arguments overflow.
     """
     _check_choice("output", output, OUTPUTS)
     H, _, O, dtype = check_params(params)
-    T, B, _ = h.shape
+    T, B = _check_h(h, H, dtype, output)
     lead = (("B", B),) if output == "last" else (("T", T), ("B", B))
+    _as_array("dy", dy)
     _check_shape("dy", dy, lead + (("O", O),))
-    dh_read, grads = _readout_grads(dy, params, h, output)
+    _check_float("dy", dy, dtype)
+    _check_finite("dy", dy)
+    _check_memory(f"h of shape {h.shape}", T * B * H * dtype.itemsize)
+    with np.errstate(all="ignore"):
+        dh_read, grads = _readout_grads(dy, params, h, output)
+    bad = _first_bad([("dh", dh_read)] + [(f"grads[{k!r}]", v) for k, v in grads.items()])
+    if bad is not None:
+        raise NonFiniteError(f"the read-out's gradient {bad} overflowed, though dy, params "
+                             f"and h are finite: {_overflow_hint(dtype)}")
     if output == "all":
         return dh_read, grads
     dh = np.zeros((T, B, H), dtype)
@@ -652,12 +764,42 @@ def _readout_grads(dy, params, h, output):
 # ---------------------------------------------------------------------------------------
 
 def loss_fn(y: np.ndarray, target: np.ndarray, loss: str = "mse"):
-    """Loss and its gradient dL/dy (no validation; see loss_and_grads).
+    """Loss and its gradient dL/dy.
 
     mse:  L = mean((y - target)^2),  dL/dy = 2 (y - target) / y.size
     xent: L = mean_n(logsumexp(y_n) - y_n[c_n]) over the n = y.size / O rows,
           dL/dy = (softmax(y) - onehot(c)) / n, with a stable log-sum-exp.
+
+    Inputs: y (B, O) or (T, B, O), float32 or float64; target of y's shape and dtype
+    (mse) or integer labels in [0, O) of shape y.shape[:-1] (xent). The checks are only
+    the cheap ones (loss, types, shapes, dtypes, label range): the values of y and target
+    are not scanned, so a NaN or inf in y (a diverged network) gives a non-finite loss
+    and gradient, which is how a training loop sees the divergence, and no warning.
     """
+    _check_choice("loss", loss, LOSSES)
+    _as_array("y", y)
+    if y.dtype not in (np.float32, np.float64):
+        raise TypeError(f"y must have dtype float32 or float64, got {_dtype_text(y.dtype)}")
+    if y.ndim not in (2, 3) or 0 in y.shape:
+        raise ValueError(f"y must have shape (B, O) or (T, B, O) with every size >= 1, "
+                         f"got {tuple(y.shape)}")
+    _as_array("target", target)
+    if loss == "mse":
+        if target.shape != y.shape:
+            raise ValueError(f"target must have y's shape {tuple(y.shape)} for loss='mse', "
+                             f"got {tuple(target.shape)}")
+        _check_float("target", target, y.dtype, "y's")
+    else:
+        if target.shape != y.shape[:-1]:
+            raise ValueError(f"target must have shape {tuple(y.shape[:-1])} (y's without O) "
+                             f"for loss='xent', got {tuple(target.shape)}")
+        _check_labels(target, y.shape[-1])
+    with np.errstate(all="ignore"):
+        return _loss_fn(y, target, loss)
+
+
+def _loss_fn(y, target, loss):
+    """``loss_fn`` on validated arguments."""
     if loss == "mse":
         diff = y - target
         return np.mean(diff * diff), diff * (2.0 / diff.size)
@@ -695,7 +837,21 @@ def loss_and_grads_per_step(params: dict, x: np.ndarray, target: np.ndarray, *,
     Parameters, returns and errors are those of ``loss_and_grads``.
     """
     h0 = _check_loss_args(params, x, target, loss, output, nonlinearity, h0)
-    h, cache = forward_per_step(params, x, h0, nonlinearity)     # (T, B, H)
+    with np.errstate(all="ignore"):
+        h, cache = _forward_per_step(params, x, h0, nonlinearity)     # (T, B, H)
+    _check_states(h, _LOSS_ARGS)
+    with np.errstate(all="ignore"):
+        L, grads, dh = _loss_and_grads_per_step(params, h, cache, target, loss, output)
+    if not math.isfinite(L):
+        with np.errstate(all="ignore"):
+            raise _loss_overflow(L, _readout(params, h, output), output)
+    _check_grads_result(grads, h, cache, dh, "all")
+    return L, grads
+
+
+def _loss_and_grads_per_step(params, h, cache, target, loss, output):
+    """The read-out, loss and BPTT of ``loss_and_grads_per_step`` after its forward pass;
+    returns (loss, grads, dh)."""
     W_yh, b_y = params["W_yh"], params["b_y"]
     T, B, H = h.shape
     O = W_yh.shape[0]
@@ -716,9 +872,9 @@ def loss_and_grads_per_step(params: dict, x: np.ndarray, target: np.ndarray, *,
         dW_yh += dy_s.T @ h_s                                    # (O, H)
         db_y += dy_s.sum(axis=0)                                 # (O,)
         dh[s - 1] = dy_s @ W_yh                                  # (B, H)
-    dx, dh0, grads = backward_per_step(dh, cache)
+    dx, dh0, grads = _backward_per_step(dh, cache, False)
     grads.update(W_yh=dW_yh, b_y=db_y, x=dx, h0=dh0)
-    return dtype.type(L / n), {k: grads[k] for k in PARAM_NAMES + ("x", "h0")}
+    return dtype.type(L / n), {k: grads[k] for k in PARAM_NAMES + ("x", "h0")}, dh
 
 
 def _step_loss(y_s, target_s, loss):
@@ -752,19 +908,62 @@ def loss_and_grads(params: dict, x: np.ndarray, target: np.ndarray, *, loss: str
 
     Returns (loss, grads): loss a NumPy scalar of the params' dtype; grads with keys
     W_hx, W_hh, b_h, W_yh, b_y, x, h0, each shaped like its input. No clipping here.
+
+    Errors: bad arguments raise ValueError or TypeError naming them; finite arguments
+    that overflow raise NonFiniteError (a ValueError) saying where: the first step whose
+    h_t is not finite (as ``forward``), the read-out, the loss, or the step at which
+    back-propagation overflowed. Training loops catch it to record a divergence.
     """
     L, dy, h, _, cache = _loss_forward(params, x, target, loss, output, nonlinearity, h0)
-    return h.dtype.type(L), _grads_from(dy, params, h, cache, output)
+    return h.dtype.type(L), _checked_grads_from(dy, params, h, cache, output)
 
 
 def _loss_forward(params, x, target, loss, output, nonlinearity, h0):
-    """Validate every argument of a loss evaluation, run forward, read-out and loss.
-    Returns (L, dy, h, y, cache)."""
+    """Validate every argument of a loss evaluation, run forward, read-out and loss, and
+    check that the states and the loss are finite. Returns (L, dy, h, y, cache)."""
     h0 = _check_loss_args(params, x, target, loss, output, nonlinearity, h0)
-    h, cache = _forward(params, x, h0, nonlinearity)    # (T, B, H)
-    y = _readout(params, h, output)
-    L, dy = loss_fn(y, target, loss)
+    with np.errstate(all="ignore"):
+        h, cache = _forward(params, x, h0, nonlinearity)    # (T, B, H)
+    _check_states(h, _LOSS_ARGS)
+    with np.errstate(all="ignore"):
+        y = _readout(params, h, output)
+        L, dy = _loss_fn(y, target, loss)
+    if not math.isfinite(L):
+        raise _loss_overflow(L, y, output)
     return L, dy, h, y, cache
+
+
+def _checked_grads_from(dy, params, h, cache, output):
+    """_grads_from, with every gradient checked finite."""
+    with np.errstate(all="ignore"):
+        grads = _grads_from(dy, params, h, cache, output)
+    _check_grads_result(grads, h, cache, lambda: _readout_grads(dy, params, h, output)[0],
+                        output)
+    return grads
+
+
+def _loss_overflow(L, y, output):
+    """The NonFiniteError for a loss that is not finite although the arguments were."""
+    _check_readout_result(y, output, _LOSS_ARGS)
+    return NonFiniteError(f"the loss overflowed to {L}: y - target is too large to "
+                          f"square, though the read-out y is finite, as are {_LOSS_ARGS}: "
+                          f"{_overflow_hint(y.dtype)}")
+
+
+def _check_grads_result(grads, h, cache, dh, output):
+    """The gradients of a loss evaluation all finite, else a NonFiniteError saying where
+    they overflowed (the read-out's, or the BPTT step). dh: the dL/dh of the read steps,
+    or a function that computes it (only needed on failure)."""
+    bad = _first_bad((f"grads[{k!r}]", grads[k]) for k in ("W_yh", "b_y"))
+    if bad is not None:
+        raise NonFiniteError(f"the read-out's gradient {bad} overflowed, though "
+                             f"{_LOSS_ARGS} are finite: {_overflow_hint(h.dtype)}")
+    bad = _first_bad((f"grads[{k!r}]", v) for k, v in grads.items()
+                     if k not in ("W_yh", "b_y"))
+    if bad is not None:
+        with np.errstate(all="ignore"):
+            dh = dh() if callable(dh) else dh
+        raise _bptt_overflow(bad, cache, dh, output, _LOSS_ARGS)
 
 
 def _grads_from(dy, params, h, cache, output):
@@ -788,20 +987,45 @@ def clip_grads(grads: dict, max_norm: float):
     "x" and "h0" are never counted nor scaled (they are passed through). Returns
     (clipped, norm): a new dict, and the norm measured before clipping. Unlike PyTorch's
     clip_grad_norm_, no 1e-6 is added to the norm.
+
+    grads is a dict as ``loss_and_grads`` returns it: the five parameters' gradients
+    (shapes consistent with each other, one float dtype) and optionally "x" and "h0";
+    any other key is refused. A NaN or inf in a parameter's gradient is a NonFiniteError
+    naming it (found from the norm, which is computed anyway). The norm is computed in
+    the gradients' dtype; if that overflows although every gradient is finite (float32
+    gradients beyond about 1e19), it is recomputed in float64 from the gradients divided
+    by their largest magnitude, so the clipping stays right.
     """
-    if not isinstance(grads, dict):
-        raise TypeError(f"grads must be a dict of arrays, got {type(grads).__name__}")
-    if isinstance(max_norm, bool) or not isinstance(max_norm, (int, float, np.number)) \
-            or not (math.isfinite(max_norm) and max_norm > 0):
-        raise ValueError(f"max_norm must be a finite number > 0, got {max_norm!r}")
-    missing = [k for k in PARAM_NAMES if k not in grads]
-    if missing:
-        raise ValueError(f"grads is missing {', '.join(missing)}")
+    dtype = _check_grads(grads, None, finite=False)
+    _check_real("max_norm", max_norm, "a finite number > 0",
+                lambda f: math.isfinite(f) and f > 0)
     norm = math.sqrt(sum(float(np.vdot(grads[k], grads[k])) for k in PARAM_NAMES))
+    if not math.isfinite(norm):                 # a NaN or inf, or an overflowing sum
+        norm = _rescaled_norm(grads)
     scale = max_norm / norm if norm > max_norm else 1.0
+    if scale > 0 and dtype.type(scale) == 0:    # below the dtype's range: scale in float64
+        with np.errstate(under="ignore"):
+            return {k: ((v.astype(np.float64) * scale).astype(dtype) if k in PARAM_NAMES
+                        else v)
+                    for k, v in grads.items()}, norm
     clipped = {k: (v * v.dtype.type(scale) if k in PARAM_NAMES else v)
                for k, v in grads.items()}
     return clipped, norm
+
+
+def _rescaled_norm(grads) -> float:
+    """The global norm of the parameter gradients when the plain sum of squares was not
+    finite: a NonFiniteError if a gradient is not finite, else the norm computed in
+    float64 as m * sqrt(sum (g / m)^2), m the largest magnitude."""
+    for k in PARAM_NAMES:
+        _check_finite(f"grads[{k!r}]", grads[k])
+    m = max(float(np.max(np.abs(grads[k]))) for k in PARAM_NAMES)
+    norm = m * math.sqrt(sum(float(np.vdot(g, g)) for g in
+                             (grads[k].astype(np.float64) / m for k in PARAM_NAMES)))
+    if not math.isfinite(norm):
+        raise NonFiniteError(f"the global norm of grads overflows float64 (its largest "
+                             f"entry is {m:.3g}), though every gradient is finite")
+    return norm
 
 
 def sgd_step(params: dict, grads: dict, velocity: dict | None, lr: float,
@@ -810,14 +1034,19 @@ def sgd_step(params: dict, grads: dict, velocity: dict | None, lr: float,
 
         v <- momentum * v + g,    p <- p - lr * v
 
-    velocity None means zeros (PyTorch's first step). Returns new (params, velocity)
-    dicts; nothing passed in is modified. Keys other than PARAM_NAMES in grads (x, h0)
-    are ignored.
+    velocity None means zeros (PyTorch's first step), else the dict the previous step
+    returned. Returns new (params, velocity) dicts; nothing passed in is modified. grads
+    may also hold "x" and "h0" (as loss_and_grads returns them), which are ignored; any
+    other key, in grads, params or velocity, is refused. A NaN or inf in grads or
+    velocity, or an update that overflows (a huge lr), is a NonFiniteError naming it.
     """
     for name, v in (("lr", lr), ("momentum", momentum)):
         _check_rate(name, v)
     dtype = _check_step_args(params, grads, velocity, "velocity")
-    return _sgd_update(params, grads, velocity, lr, momentum, dtype)
+    with np.errstate(all="ignore"):
+        new_p, new_v = _sgd_update(params, grads, velocity, lr, momentum, dtype)
+    _check_step_results(params, grads, velocity, "velocity", new_p, None, "lr * velocity")
+    return new_p, new_v
 
 
 def _sgd_update(params, grads, velocity, lr, momentum, dtype):
@@ -840,16 +1069,20 @@ def rmsprop_step(params: dict, grads: dict, square_avg: dict | None, lr: float,
         s <- alpha * s + (1 - alpha) * g^2,    p <- p - lr * g / (sqrt(s) + eps)
 
     eps is added outside the square root. square_avg None means zeros (PyTorch's first
-    step). Returns new (params, square_avg) dicts; nothing passed in is modified. Keys
-    other than PARAM_NAMES in grads (x, h0) are ignored.
+    step), else the dict the previous step returned. Returns new (params, square_avg)
+    dicts; nothing passed in is modified. grads may also hold "x" and "h0", which are
+    ignored; any other key is refused. A NaN or inf in grads or square_avg, or an update
+    that overflows, is a NonFiniteError naming it.
     """
     _check_rate("lr", lr)
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.number)) \
-            or not (0 <= alpha < 1):
-        raise ValueError(f"alpha must be a number in [0, 1), got {alpha!r}")
+    _check_real("alpha", alpha, "a number in [0, 1)", lambda f: 0 <= f < 1)
     _check_rate("eps", eps, positive=True)
     dtype = _check_step_args(params, grads, square_avg, "square_avg")
-    return _rmsprop_update(params, grads, square_avg, lr, alpha, eps, dtype)
+    with np.errstate(all="ignore"):
+        new_p, new_s = _rmsprop_update(params, grads, square_avg, lr, alpha, eps, dtype)
+    _check_step_results(params, grads, square_avg, "square_avg", new_p, new_s,
+                        "lr * g / (sqrt(s) + eps) or g^2")
+    return new_p, new_s
 
 
 def _rmsprop_update(params, grads, square_avg, lr, alpha, eps, dtype):
@@ -871,19 +1104,30 @@ def cooled_lr(lr: float, epoch: int, factor: float = 0.1, milestones=()) -> floa
     m <= epoch (epochs counted from 0, as torch.optim.lr_scheduler.MultiStepLR stepped
     once per epoch). The paper's pixel protocol, 100 epochs cooled by 10 after epochs 33
     and 66, is ``cooled_lr(1e-4, e, 0.1, (33, 66))``: 1e-4 for epochs 0-32, 1e-5 for
-    33-65 and 1e-6 for 66-99."""
+    33-65 and 1e-6 for 66-99. milestones: a tuple, list, range or 1-D array of ints."""
     _check_rate("lr", lr)
     epoch = _check_size("epoch", epoch, minimum=0)
     _check_rate("factor", factor, positive=True)
+    if isinstance(milestones, np.ndarray):
+        if _as_array("milestones", milestones).ndim != 1:
+            raise ValueError(f"milestones must be 1-D, got shape {milestones.shape}")
+    elif not isinstance(milestones, (tuple, list, range)):
+        raise TypeError(f"milestones must be a tuple or list of epochs (ints >= 1), got "
+                        f"{type(milestones).__name__} {_short(milestones)}")
     ms = tuple(milestones)
     for i, m in enumerate(ms):
         _check_size(f"milestones[{i}]", m, minimum=1)
     if list(ms) != sorted(set(ms)):
-        raise ValueError(f"milestones must be increasing epochs, got {ms}")
-    for m in ms:
-        if epoch >= m:
-            lr = lr * factor
-    return float(lr)
+        raise ValueError(f"milestones must be increasing epochs, got {_short(ms)}")
+    with np.errstate(all="ignore"):
+        for m in ms:
+            if epoch >= m:
+                lr = lr * factor
+        out = float(lr)
+    if not math.isfinite(out):
+        raise NonFiniteError(f"the cooled learning rate overflowed ({out}): lr times "
+                             f"factor once per milestone passed is too large for a float")
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -909,7 +1153,8 @@ def autonomous_trajectories(W: np.ndarray, h0s: np.ndarray, steps: int) -> np.nd
 
     Returns traj: (steps + 1, K, N), traj[t, k] = h_t from the start h0s[k]
     (traj[0] is a copy of h0s). Starts with negative entries are allowed; the first
-    step clips them like any other state.
+    step clips them like any other state. States that grow beyond the dtype's range
+    (case (d) over thousands of steps) raise NonFiniteError naming the step.
     """
     W = _check_square("W", W)
     N = W.shape[0]
@@ -920,12 +1165,17 @@ def autonomous_trajectories(W: np.ndarray, h0s: np.ndarray, steps: int) -> np.nd
     _check_float("h0s", h0s, W.dtype)
     _check_finite("h0s", h0s)
     steps = _check_size("steps", steps, minimum=0)
+    _check_memory(f"steps={steps} with h0s of shape {h0s.shape}",
+                  (steps + 1) * h0s.size * W.dtype.itemsize)
     traj = np.empty((steps + 1,) + h0s.shape, W.dtype)   # (steps + 1, K, N)
     traj[0] = h0s
     W_T = W.T
-    for t in range(steps):
-        np.matmul(traj[t], W_T, out=traj[t + 1])                # (K, N): rows W h_t
-        np.maximum(traj[t + 1], 0.0, out=traj[t + 1])
+    with np.errstate(all="ignore"):
+        for t in range(steps):
+            np.matmul(traj[t], W_T, out=traj[t + 1])            # (K, N): rows W h_t
+            np.maximum(traj[t + 1], 0.0, out=traj[t + 1])
+    if steps:
+        _check_states(traj[1:], "W and h0s")
     return traj
 
 
@@ -998,9 +1248,23 @@ def gradient_norms_through_time(params: dict, x: np.ndarray, target: np.ndarray,
     Returns norms: (T,), norms[t - 1] = ||dL/dh_t||_F, of the params' dtype.
     """
     _, dy, h, _, cache = _loss_forward(params, x, target, loss, output, nonlinearity, h0)
-    dh_read, _ = _readout_grads(dy, params, h, output)   # gradient at the read steps
-    g = _bptt(cache, dh_read, output, return_dh=True)[3]   # (T, B, H): the total g_t
-    return np.sqrt(np.einsum("tbh,tbh->t", g, g))        # (T,)
+    with np.errstate(all="ignore"):
+        dh_read, _ = _readout_grads(dy, params, h, output)   # gradient at the read steps
+        g = _bptt(cache, dh_read, output, return_dh=True)[3]   # (T, B, H): the total g_t
+        norms = np.sqrt(np.einsum("tbh,tbh->t", g, g))      # (T,)
+    if not np.isfinite(norms).all():
+        if not np.isfinite(g).all():
+            raise _bptt_overflow("dL/dh_t", cache, dh_read, output, _LOSS_ARGS)
+        with np.errstate(all="ignore"):       # g finite, its squares not: scale by max |g_t|
+            m = np.abs(g).reshape(g.shape[0], -1).max(axis=1)             # (T,)
+            s = np.where(m > 0, m, 1)[:, None, None]
+            norms = np.where(np.isfinite(norms), norms,
+                             m * np.sqrt(np.einsum("tbh,tbh->t", g / s, g / s)))
+        if not np.isfinite(norms).all():
+            t = int(np.argmax(~np.isfinite(norms))) + 1
+            raise NonFiniteError(f"||dL/dh_t|| overflows {norms.dtype.name} at step t={t}, "
+                                 f"though {_LOSS_ARGS} are finite")
+    return norms
 
 
 def input_sensitivity(params: dict, x: np.ndarray, *, nonlinearity: str = "relu",
@@ -1019,18 +1283,29 @@ def input_sensitivity(params: dict, x: np.ndarray, *, nonlinearity: str = "relu"
     ||J_t[b]||_F, and mean (T,), its mean over the batch.
     """
     h0 = _check_forward_args(params, x, h0, nonlinearity)
-    _, cache = _forward(params, x, h0, nonlinearity)
-    T, B, _ = x.shape
+    T, B, D = x.shape
     H, dtype = h0.shape[1], h0.dtype
-    sq = np.zeros((T, B), dtype)                         # running sum of squares
-    seed = np.zeros((B, H), dtype)                       # dL/dh_T = e_i, nothing earlier
-    for i in range(H):
-        seed[:, i] = 1.0
-        dx = _bptt(cache, seed, "last")[0]               # (T, B, D): row i of J_t[b]
-        sq += np.einsum("tbd,tbd->tb", dx, dx)
-        seed[:, i] = 0.0
-    per_sequence = np.sqrt(sq)                           # (T, B)
-    return per_sequence, per_sequence.mean(axis=1)
+    _check_memory(f"x of shape {x.shape} with H={H}",          # hs, then delta and dx
+                  ((2 * T + 1) * B * H + T * B * D) * dtype.itemsize)
+    with np.errstate(all="ignore"):
+        h, cache = _forward(params, x, h0, nonlinearity)
+    _check_states(h, "params, x and h0")
+    with np.errstate(all="ignore"):
+        sq = np.zeros((T, B), dtype)                     # running sum of squares
+        seed = np.zeros((B, H), dtype)                   # dL/dh_T = e_i, nothing earlier
+        for i in range(H):
+            seed[:, i] = 1.0
+            dx = _bptt(cache, seed, "last")[0]           # (T, B, D): row i of J_t[b]
+            sq += np.einsum("tbd,tbd->tb", dx, dx)
+            seed[:, i] = 0.0
+        per_sequence = np.sqrt(sq)                       # (T, B)
+        mean = per_sequence.mean(axis=1)
+    if not np.isfinite(mean).all():
+        t = int(np.nonzero(~np.isfinite(mean))[0].max()) + 1
+        raise NonFiniteError(f"the sensitivity ||d h_T / d x_t|| overflowed at step t={t} "
+                             f"of T={T} (going back from T), though params, x and h0 are "
+                             f"finite: {_overflow_hint(dtype)}")
+    return per_sequence, mean
 
 
 @dataclass(frozen=True)
@@ -1052,33 +1327,134 @@ def spectrum(W: np.ndarray) -> Spectrum:
 
     eigvalsh (real eigenvalues, stable) when W is exactly symmetric, eigvals otherwise
     (trained weights are in general not symmetric). Ties in modulus keep eigvalsh's /
-    eigvals' order (a stable sort).
+    eigvals' order (a stable sort). A NonFiniteError when W is finite but so large that
+    a result overflows.
     """
     W = _check_square("W", W)
     symmetric = bool(np.array_equal(W, W.T))
-    ev = np.linalg.eigvalsh(W) if symmetric else np.linalg.eigvals(W)
-    ev = ev[np.argsort(-np.abs(ev), kind="stable")]
-    return Spectrum(ev, float(np.abs(ev[0])), float(np.linalg.norm(W, 2)), symmetric)
+    with np.errstate(all="ignore"):
+        ev = _eigenvalues("W", W, symmetric)
+        ev = ev[np.argsort(-np.abs(ev), kind="stable")]
+        radius = float(np.abs(ev[0]))
+        try:
+            norm = float(np.linalg.norm(W, 2))
+        except np.linalg.LinAlgError as e:
+            raise np.linalg.LinAlgError(f"the spectral norm of W could not be computed: "
+                                        f"{e}") from None
+    if not (np.isfinite(ev).all() and math.isfinite(radius) and math.isfinite(norm)):
+        raise NonFiniteError(f"the spectrum of W overflowed (radius {radius}, norm {norm}), "
+                             f"though W is finite: {_overflow_hint(W.dtype)}")
+    return Spectrum(ev, radius, norm, symmetric)
 
 
 # ---------------------------------------------------------------------------------------
 # Validation: every error names the argument, what was expected and what came.
 # ---------------------------------------------------------------------------------------
+#
+# What the public functions accept, decided here once for all of them:
+# - Arrays (_as_array): a plain numpy.ndarray (any view, memory layout or writeability) or
+#   a numpy.memmap, whose arithmetic is ndarray's (its results are plain arrays), with a
+#   dtype in the machine's byte order. Refused with a TypeError: numpy.matrix (* and **
+#   are matrix products and results stay 2-D: the numbers would be silently wrong),
+#   masked arrays (the mask is ignored by the arithmetic, and a masked NaN slips past the
+#   finiteness check), every other ndarray subclass (it may change what the operators
+#   mean), other byte orders, and anything that is not an ndarray (lists, scalars, torch
+#   tensors). Nothing is converted: the caller decides how.
+# - Sizes (_check_size): ints (Python or NumPy, not bool) below 2**63; an array that
+#   cannot fit in the machine's physical memory is refused before it is allocated
+#   (_check_memory).
+# - Real numbers (_check_real): int or float (Python or NumPy, not bool, not complex)
+#   that converts to a float without overflow.
+# - Non-finite values: a NonFiniteError (a ValueError), for an argument and for a result
+#   that overflowed (_check_states, _check_results).
+
+_SIZE_LIMIT = 2 ** 63
+_LOSS_ARGS = "params, x, target and h0"       # the arguments of a loss evaluation
+
+
+def _short(v, limit: int = 80) -> str:
+    """repr(v) for an error message: huge ints by their size (their repr may be refused
+    by Python's int-to-string limit), long reprs cut."""
+    if isinstance(v, int) and not isinstance(v, bool) and not -10 ** 40 < v < 10 ** 40:
+        digits = int(abs(v).bit_length() * 0.30103) + 1
+        return f"{'-' if v < 0 else ''}an int of about {digits} digits"
+    try:
+        r = repr(v)
+    except Exception:  # noqa: BLE001  (a repr that fails must not hide the real error)
+        r = f"<{type(v).__name__}>"
+    return r if len(r) <= limit else r[:limit - 3] + "..."
+
 
 def _check_choice(argname: str, value, valid) -> str:
     if not isinstance(value, str) or value not in valid:
         raise ValueError(f"{argname} must be one of {', '.join(map(repr, valid))}, "
-                         f"got {value!r}")
+                         f"got {_short(value)}")
     return value
 
 
 def _check_size(argname: str, n, minimum: int = 1) -> int:
     if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
         raise TypeError(f"{argname} must be an int >= {minimum}, "
-                        f"got {type(n).__name__} {n!r}")
+                        f"got {type(n).__name__} {_short(n)}")
     if n < minimum:
-        raise ValueError(f"{argname} must be an int >= {minimum}, got {n}")
+        raise ValueError(f"{argname} must be an int >= {minimum}, got {_short(n)}")
+    if n >= _SIZE_LIMIT:
+        raise ValueError(f"{argname} must be an int >= {minimum} and below 2**63, "
+                         f"got {_short(n)}")
     return int(n)
+
+
+def _check_real(argname: str, v, what: str, ok=math.isfinite) -> float:
+    """v as a float when v is a real number (int or float, Python or NumPy; not bool or
+    complex) within float's range and ok(float(v)) holds; else ValueError '{argname}
+    must be {what}'. Only checks: callers compute with v itself, as before."""
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{argname} must be {what}, got {_short(v)}")
+    try:
+        with np.errstate(over="ignore"):
+            f = float(v)
+    except OverflowError:
+        raise ValueError(f"{argname} must be {what}, got {_short(v)}, which is too large "
+                         f"for a float (at most {np.finfo(np.float64).max:.4g})") from None
+    if not ok(f):
+        raise ValueError(f"{argname} must be {what}, got {_short(v)}")
+    return f
+
+
+def _check_rate(name, v, positive=False):
+    _check_real(name, v, f"a finite number {'>' if positive else '>='} 0",
+                lambda f: math.isfinite(f) and (f > 0 if positive else f >= 0))
+
+
+def _check_matrix_size(n) -> int:
+    """n of an initialiser's (n, n) matrix: a size whose matrices (two at a time) fit."""
+    n = _check_size("n", n)
+    _check_memory(f"n={n} (an n x n float64 matrix, two at a time)", 2 * 8 * n * n)
+    return n
+
+
+def _check_dtype_arg(argname, dtype) -> np.dtype:
+    """A dtype argument: float32 or float64 (a NumPy type, dtype or name) in this
+    machine's byte order. None is refused (np.dtype(None) would be float64)."""
+    what = f"{argname} must be np.float32 or np.float64 (or 'float32', 'float64')"
+    if dtype is None:
+        raise TypeError(f"{what}, got None")
+    try:
+        dt = np.dtype(dtype)
+    except (TypeError, ValueError):
+        raise TypeError(f"{what}, got {type(dtype).__name__} {_short(dtype)}") from None
+    if dt not in (np.float32, np.float64) or not dt.isnative:
+        raise TypeError(f"{what}, got {_dtype_text(dt)}")
+    return dt
+
+
+def _eigenvalues(argname, W, symmetric):
+    """eigvalsh or eigvals of W, with LAPACK's failure named after the argument."""
+    try:
+        return np.linalg.eigvalsh(W) if symmetric else np.linalg.eigvals(W)
+    except np.linalg.LinAlgError as e:           # a ValueError, as the other errors
+        raise np.linalg.LinAlgError(f"the eigenvalues of {argname} could not be computed: "
+                                    f"{e}") from None
 
 
 def _check_rng(rng) -> np.random.Generator:
@@ -1088,28 +1464,87 @@ def _check_rng(rng) -> np.random.Generator:
     return rng
 
 
+def _physical_memory():
+    """The machine's physical memory in bytes, or None where the system does not say:
+    os.sysconf and its SC_PAGE_SIZE / SC_PHYS_PAGES names exist on Linux and most POSIX
+    systems; elsewhere (Windows, for one) the up-front memory check is skipped and an
+    oversized request meets NumPy's own MemoryError instead."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _gib(nbytes) -> str:
+    return f"{nbytes / 2 ** 30:.4g} GiB"
+
+
+def _check_memory(what: str, nbytes: int) -> None:
+    """Refuse up front a computation whose arrays alone (nbytes, a lower bound) exceed the
+    machine's physical memory, rather than let NumPy try and raise MemoryError, or swap.
+    ``what`` names the arguments that set the size."""
+    available = _physical_memory()
+    if available is not None and nbytes > available:
+        raise ValueError(f"{what} would need at least {_gib(nbytes)} of memory ({nbytes} "
+                         f"bytes), more than this machine's physical memory of "
+                         f"{_gib(available)} ({available} bytes)")
+
+
+def _dtype_text(dt) -> str:
+    """A dtype's name, with its byte order when that is not the machine's."""
+    dt = np.dtype(dt)
+    if dt.isnative:
+        return dt.name
+    order = {">": "big-endian", "<": "little-endian"}.get(dt.byteorder, "non-native")
+    return f"{dt.name} ({dt.str!r}, {order})"
+
+
 def _as_array(argname: str, a) -> np.ndarray:
-    if not isinstance(a, np.ndarray):
-        raise TypeError(f"{argname} must be a numpy.ndarray, got {type(a).__name__}")
+    """The one place that decides which arrays are accepted (see the top of this section)."""
+    t = type(a)
+    if t is not np.ndarray and t is not np.memmap:
+        if not isinstance(a, np.ndarray):
+            hint = (" (a torch tensor? convert it with .detach().cpu().numpy())"
+                    if hasattr(a, "detach") else "")
+            raise TypeError(f"{argname} must be a numpy.ndarray, got {t.__name__}{hint}")
+        if isinstance(a, np.ma.MaskedArray):
+            why = (f"a masked array, whose mask the computation would ignore; pass "
+                   f"{argname}.filled(value) or leave out the masked entries")
+        elif isinstance(a, np.matrix):
+            why = ("a numpy.matrix, whose * is a matrix product and whose results stay "
+                   f"2-D; pass np.asarray({argname})")
+        else:
+            why = (f"{t.__module__}.{t.__qualname__}, a subclass of numpy.ndarray, which "
+                   f"may change what the operators mean; pass np.asarray({argname})")
+        raise TypeError(f"{argname} must be a plain numpy.ndarray (or numpy.memmap), "
+                        f"got {why}")
+    if not a.dtype.isnative:
+        native = a.dtype.newbyteorder("=").str
+        raise TypeError(f"{argname} must be in this machine's byte order ({native!r}), got "
+                        f"{_dtype_text(a.dtype)}; convert it with "
+                        f"{argname}.astype({native!r}) or "
+                        f"{argname}.byteswap().view({argname}.dtype.newbyteorder())")
     return a
 
 
 def _check_finite(argname: str, a: np.ndarray) -> None:
     if not np.all(np.isfinite(a)):
         bad = np.argwhere(~np.isfinite(a))[0]
-        raise ValueError(f"{argname} must be finite, got {a[tuple(bad)]} at index "
-                         f"{tuple(int(i) for i in bad)}")
+        raise NonFiniteError(f"{argname} must be finite, got {a[tuple(bad)]} at index "
+                             f"{tuple(int(i) for i in bad)}")
 
 
-def _check_float(argname: str, a: np.ndarray, dtype) -> None:
+def _check_float(argname: str, a: np.ndarray, dtype, whose: str = "the parameters'") -> None:
     if a.dtype != dtype:
-        raise TypeError(f"{argname} must have dtype {np.dtype(dtype).name} (the parameters' "
-                        f"dtype), got {a.dtype.name}; convert it with "
-                        f".astype(np.{np.dtype(dtype).name})")
+        name = np.dtype(dtype).name
+        raise TypeError(f"{argname} must have dtype {name} ({whose} dtype), got "
+                        f"{_dtype_text(a.dtype)}; convert it with .astype(np.{name})")
 
 
 def _shape_str(names_and_sizes) -> str:
-    return "(" + ", ".join(f"{k}={v}" if k else str(v) for k, v in names_and_sizes) + ")"
+    """"(T, B=2, H=3)" from (("T", None), ("B", 2), ("H", 3))."""
+    return "(" + ", ".join(k if v is None else f"{k}={v}" if k else str(v)
+                           for k, v in names_and_sizes) + ")"
 
 
 def _check_shape(argname: str, a: np.ndarray, expected) -> None:
@@ -1117,49 +1552,69 @@ def _check_shape(argname: str, a: np.ndarray, expected) -> None:
     ok = a.ndim == len(expected) and all(
         size is None or a.shape[i] == size for i, (_, size) in enumerate(expected))
     if not ok:
-        want = _shape_str((k, v if v is not None else k) if k else (None, v)
-                          for k, v in expected)
-        raise ValueError(f"{argname} must have shape {want}, got {tuple(a.shape)}")
+        raise ValueError(f"{argname} must have shape {_shape_str(expected)}, "
+                         f"got {tuple(a.shape)}")
+
+
+def _key_list(keys) -> str:
+    return ", ".join(k if isinstance(k, str) else _short(k) for k in keys)
 
 
 def check_params(params, *, readout: bool = True):
     """Validate a parameter dict; return (H, D, O, dtype). O is None without readout.
 
-    Raises KeyError-free, readable errors: missing keys, non-arrays, wrong ranks,
-    inconsistent shapes, mixed or non-float dtypes, non-finite values.
+    Raises KeyError-free, readable errors: missing or unknown keys, non-arrays, wrong
+    ranks, inconsistent shapes, mixed or non-float dtypes, non-finite values. Without
+    readout, W_yh and b_y may be absent (they are not read); when present they are checked
+    all the same, and no other key may be there.
     """
-    if not isinstance(params, dict):
-        raise TypeError(f"params must be a dict of arrays, got {type(params).__name__}")
+    return _check_param_dict(params, "params", readout)
+
+
+def _check_param_dict(d, argname: str, readout: bool = True, extra=(), finite: bool = True):
+    """check_params for a dict named ``argname`` (params, grads, ...) that may also hold
+    the keys ``extra`` (not checked here); without ``finite`` values are not scanned."""
+    if not isinstance(d, dict):
+        raise TypeError(f"{argname} must be a dict of arrays, got {type(d).__name__}")
+    readout = readout or "W_yh" in d or "b_y" in d      # present: checked, though unread
     names = PARAM_NAMES if readout else RECURRENT_NAMES
-    missing = [k for k in names if k not in params]
+    missing = [k for k in names if k not in d]
     if missing:
-        raise ValueError(f"params is missing {', '.join(missing)}; expected keys "
-                         f"{', '.join(names)}, got {', '.join(map(str, params)) or 'none'}")
+        raise ValueError(f"{argname} is missing {', '.join(missing)}; expected keys "
+                         f"{', '.join(names)}, got {_key_list(d) or 'none'}")
+    unknown = [k for k in d if k not in PARAM_NAMES and k not in extra]
+    if unknown:
+        hint = (" (the nonlinearity is an argument of forward and loss_and_grads, not a "
+                "parameter)" if "nonlinearity" in unknown else "")
+        raise ValueError(f"{argname} has unknown keys {_key_list(unknown)}; it may hold "
+                         f"only {', '.join(PARAM_NAMES + tuple(extra))}{hint}")
     for k in names:
-        _as_array(f"params[{k!r}]", params[k])
-    W_hh = params["W_hh"]
+        _as_array(f"{argname}[{k!r}]", d[k])
+    W_hh = d["W_hh"]
     if W_hh.ndim != 2 or W_hh.shape[0] != W_hh.shape[1] or W_hh.shape[0] < 1:
-        raise ValueError(f"params['W_hh'] must have shape (H, H), got {W_hh.shape}")
+        raise ValueError(f"{argname}['W_hh'] must have shape (H, H), got {W_hh.shape}")
     H = W_hh.shape[0]
     dtype = W_hh.dtype
     if dtype not in (np.float32, np.float64):
-        raise TypeError(f"params['W_hh'] must have dtype float32 or float64, "
-                        f"got {dtype.name}")
-    W_hx = params["W_hx"]
+        raise TypeError(f"{argname}['W_hh'] must have dtype float32 or float64, "
+                        f"got {_dtype_text(dtype)}")
+    W_hx = d["W_hx"]
     if W_hx.ndim != 2 or W_hx.shape[0] != H or W_hx.shape[1] < 1:
-        raise ValueError(f"params['W_hx'] must have shape (H={H}, D), got {W_hx.shape}")
+        raise ValueError(f"{argname}['W_hx'] must have shape (H={H}, D), got {W_hx.shape}")
     D = W_hx.shape[1]
-    _check_shape("params['b_h']", params["b_h"], (("H", H),))
+    _check_shape(f"{argname}['b_h']", d["b_h"], (("H", H),))
     O = None
     if readout:
-        W_yh = params["W_yh"]
+        W_yh = d["W_yh"]
         if W_yh.ndim != 2 or W_yh.shape[1] != H or W_yh.shape[0] < 1:
-            raise ValueError(f"params['W_yh'] must have shape (O, H={H}), got {W_yh.shape}")
+            raise ValueError(f"{argname}['W_yh'] must have shape (O, H={H}), "
+                             f"got {W_yh.shape}")
         O = W_yh.shape[0]
-        _check_shape("params['b_y']", params["b_y"], (("O", O),))
+        _check_shape(f"{argname}['b_y']", d["b_y"], (("O", O),))
     for k in names:
-        _check_float(f"params[{k!r}]", params[k], dtype)
-        _check_finite(f"params[{k!r}]", params[k])
+        _check_float(f"{argname}[{k!r}]", d[k], dtype)
+        if finite:
+            _check_finite(f"{argname}[{k!r}]", d[k])
     return H, D, O, dtype
 
 
@@ -1188,19 +1643,85 @@ def _check_forward_args(params, x, h0, nonlinearity):
     _check_choice("nonlinearity", nonlinearity, NONLINEARITIES)
     H, D, _, dtype = check_params(params, readout=False)
     T, B = _check_x(x, D, dtype)
+    _check_memory(f"x of shape {x.shape} with H={H}", (T + 1) * B * H * dtype.itemsize)
     return _check_h0(h0, B, H, dtype)
 
 
-def _check_dh(dh, cache):
-    """The checks of ``backward`` and ``backward_per_step``: dh is (T, B, H), finite, of
-    the cache's dtype."""
-    x, hs = cache["x"], cache["hs"]
-    T, B, _ = x.shape
-    H = hs.shape[2]
+CACHE_KEYS = ("x", "hs", "W_hx", "W_hh", "nonlinearity")
+
+
+def _check_cache(cache):
+    """The cache of forward: its keys, types, shapes and dtypes against each other, and
+    finite values (the cache holds the caller's x and weights, which may have changed).
+    Returns (T, B, D, H, dtype)."""
+    what = "cache must be the cache returned by forward (or forward_per_step)"
+    if not isinstance(cache, dict):
+        raise TypeError(f"{what}, a dict; got {type(cache).__name__}")
+    missing = [k for k in CACHE_KEYS if k not in cache]
+    extra = [k for k in cache if k not in CACHE_KEYS]
+    if missing or extra:
+        raise ValueError(f"{what}, with exactly the keys {', '.join(CACHE_KEYS)}; "
+                         + (f"missing {', '.join(missing)}" if missing else "")
+                         + ("; " if missing and extra else "")
+                         + (f"unexpected {_key_list(extra)}" if extra else ""))
+    try:
+        _check_choice("cache['nonlinearity']", cache["nonlinearity"], NONLINEARITIES)
+        x, hs, W_hx, W_hh = (_as_array(f"cache[{k!r}]", cache[k])
+                             for k in ("x", "hs", "W_hx", "W_hh"))
+        if W_hh.ndim != 2 or W_hh.shape[0] != W_hh.shape[1] or W_hh.shape[0] < 1:
+            raise ValueError(f"cache['W_hh'] must have shape (H, H), got {W_hh.shape}")
+        H, dtype = W_hh.shape[0], W_hh.dtype
+        if dtype not in (np.float32, np.float64):
+            raise TypeError(f"cache['W_hh'] must have dtype float32 or float64, "
+                            f"got {_dtype_text(dtype)}")
+        if W_hx.ndim != 2 or W_hx.shape[0] != H or W_hx.shape[1] < 1:
+            raise ValueError(f"cache['W_hx'] must have shape (H={H}, D), got {W_hx.shape}")
+        D = W_hx.shape[1]
+        if x.ndim != 3 or x.shape[2] != D or x.shape[0] < 1 or x.shape[1] < 1:
+            raise ValueError(f"cache['x'] must have shape (T, B, D={D}) with T, B >= 1, "
+                             f"got {tuple(x.shape)}")
+        T, B = x.shape[:2]
+        _check_shape("cache['hs']", hs, (("T+1", T + 1), ("B", B), ("H", H)))
+        for k, a in (("x", x), ("hs", hs), ("W_hx", W_hx), ("W_hh", W_hh)):
+            _check_float(f"cache[{k!r}]", a, dtype, "cache['W_hh']'s")
+            _check_finite(f"cache[{k!r}]", a)
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{what}: {e}") from None
+    return T, B, D, H, dtype
+
+
+def _check_dh(dh, T, B, H, dtype):
+    """backward's dh: (T, B, H), finite, of the cache's dtype."""
     _as_array("dh", dh)
     _check_shape("dh", dh, (("T", T), ("B", B), ("H", H)))
-    _check_float("dh", dh, hs.dtype)
+    _check_float("dh", dh, dtype, "the cache's")
     _check_finite("dh", dh)
+
+
+def _check_bool(argname, v) -> bool:
+    if not isinstance(v, (bool, np.bool_)):
+        raise TypeError(f"{argname} must be True or False, got {type(v).__name__} "
+                        f"{_short(v)}")
+    return bool(v)
+
+
+def _check_h(h, H, dtype, output):
+    """readout's and readout_backward's h: (T, B, H) with T, B >= 1, of the params' dtype,
+    finite where it is read (h_T for "last", every step for "all"). Returns (T, B)."""
+    _as_array("h", h)
+    if h.ndim != 3 or h.shape[2] != H or h.shape[0] < 1 or h.shape[1] < 1:
+        raise ValueError(f"h must have shape (T, B, H={H}) with T, B >= 1, "
+                         f"got {tuple(h.shape)}")
+    _check_float("h", h, dtype)
+    if output == "last":
+        if not np.all(np.isfinite(h[-1])):
+            bad = np.argwhere(~np.isfinite(h[-1]))[0]
+            raise NonFiniteError(f"h must be finite at the read step T (h[-1]), got "
+                                 f"{h[-1][tuple(bad)]} at index "
+                                 f"{(h.shape[0] - 1,) + tuple(int(i) for i in bad)}")
+    else:
+        _check_finite("h", h)
+    return h.shape[0], h.shape[1]
 
 
 def _check_target(target, loss, output, T, B, O, dtype):
@@ -1212,12 +1733,16 @@ def _check_target(target, loss, output, T, B, O, dtype):
         _check_finite("target", target)
     else:
         _check_shape("target", target, lead)
-        if not np.issubdtype(target.dtype, np.integer):
-            raise TypeError(f"target must hold integer class labels for loss='xent', "
-                            f"got dtype {target.dtype.name}")
-        if target.size and (target.min() < 0 or target.max() >= O):
-            bad = target.min() if target.min() < 0 else target.max()
-            raise ValueError(f"target labels must lie in [0, O={O}), got {bad}")
+        _check_labels(target, O)
+
+
+def _check_labels(target, O):
+    if not np.issubdtype(target.dtype, np.integer):
+        raise TypeError(f"target must hold integer class labels for loss='xent', "
+                        f"got dtype {_dtype_text(target.dtype)}")
+    if target.size and (target.min() < 0 or target.max() >= O):
+        bad = target.min() if target.min() < 0 else target.max()
+        raise ValueError(f"target labels must lie in [0, O={O}), got {bad}")
 
 
 def _check_loss_args(params, x, target, loss, output, nonlinearity, h0):
@@ -1228,29 +1753,64 @@ def _check_loss_args(params, x, target, loss, output, nonlinearity, h0):
     H, D, O, dtype = check_params(params)
     T, B = _check_x(x, D, dtype)
     _check_target(target, loss, output, T, B, O, dtype)
+    # hs, the f'(z) / delta array and the read-out's dh (T, B, H), dx (T, B, D)
+    _check_memory(f"x of shape {x.shape} with H={H}",
+                  ((T + 1) * B * H + T * B * H + T * B * D) * dtype.itemsize)
     return _check_h0(h0, B, H, dtype)
 
 
-def _check_rate(name, v, positive=False):
-    if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) \
-            or not math.isfinite(v) or v < 0 or (positive and v == 0):
-        raise ValueError(f"{name} must be a finite number {'>' if positive else '>='} 0, "
-                         f"got {v!r}")
+def _check_grads(grads, dtype, shapes=None, *, finite: bool = True):
+    """A gradient dict: the five parameters' gradients (of the shapes of ``shapes``, the
+    params, when given, else consistent with each other), and optionally "x" (T, B, D) and
+    "h0" (B, H), as loss_and_grads returns them; nothing else. x and h0 are passed
+    through by the optimiser functions, so their values are not scanned."""
+    if shapes is None:
+        H, D, _, dtype = _check_param_dict(grads, "grads", extra=("x", "h0"),
+                                           finite=finite)
+    else:
+        if not isinstance(grads, dict):
+            raise TypeError(f"grads must be a dict of arrays, got {type(grads).__name__}")
+        for k in PARAM_NAMES:
+            if k not in grads:
+                raise ValueError(f"grads is missing {k}")
+            g = _as_array(f"grads[{k!r}]", grads[k])
+            if g.shape != shapes[k].shape:
+                raise ValueError(f"grads[{k!r}] must have shape {shapes[k].shape}, "
+                                 f"got {g.shape}")
+            _check_float(f"grads[{k!r}]", g, dtype)
+            if finite:
+                _check_finite(f"grads[{k!r}]", g)
+        unknown = [k for k in grads if k not in PARAM_NAMES and k not in ("x", "h0")]
+        if unknown:
+            raise ValueError(f"grads has unknown keys {_key_list(unknown)}; it may hold "
+                             f"only {', '.join(PARAM_NAMES)}, x, h0")
+        H, D = shapes["W_hx"].shape
+    B = None
+    if "x" in grads:
+        gx = _as_array("grads['x']", grads["x"])
+        if gx.ndim != 3 or gx.shape[2] != D or gx.shape[0] < 1 or gx.shape[1] < 1:
+            raise ValueError(f"grads['x'] must have shape (T, B, D={D}), got {gx.shape}")
+        _check_float("grads['x']", gx, dtype)
+        B = gx.shape[1]
+    if "h0" in grads:
+        gh = _as_array("grads['h0']", grads["h0"])
+        _check_shape("grads['h0']", gh, (("B", B), ("H", H)))
+        _check_float("grads['h0']", gh, dtype)
+    return dtype
 
 
 def _check_step_args(params, grads, state, state_name):
-    """Validate the arguments of an optimiser step; return the parameters' dtype."""
+    """Validate the arguments of an optimiser step; return the parameters' dtype. The
+    values of grads and of the state are checked for finiteness after the step, from its
+    results (_check_step_results): one scan instead of two."""
     dtype = check_params(params)[3]
-    for k in PARAM_NAMES:
-        p = params[k]
-        if k not in grads:
-            raise ValueError(f"grads is missing {k}")
-        g = grads[k]
-        _as_array(f"grads[{k!r}]", g)
-        if g.shape != p.shape:
-            raise ValueError(f"grads[{k!r}] must have shape {p.shape}, got {g.shape}")
-        _check_float(f"grads[{k!r}]", g, dtype)
-        if state is not None:
+    _check_grads(grads, dtype, params, finite=False)
+    if state is not None:
+        if not isinstance(state, dict):
+            raise TypeError(f"{state_name} must be None (the first step) or the dict of "
+                            f"arrays the previous step returned, got {type(state).__name__}")
+        for k in PARAM_NAMES:
+            p = params[k]
             if k not in state:
                 raise ValueError(f"{state_name}[{k!r}] must have shape {p.shape}, got missing")
             v = _as_array(f"{state_name}[{k!r}]", state[k])
@@ -1258,11 +1818,33 @@ def _check_step_args(params, grads, state, state_name):
                 raise ValueError(f"{state_name}[{k!r}] must have shape {p.shape}, "
                                  f"got {v.shape}")
             _check_float(f"{state_name}[{k!r}]", v, dtype)
-            _check_finite(f"{state_name}[{k!r}]", v)
             if state_name == "square_avg" and np.any(v < 0):
                 raise ValueError(f"square_avg[{k!r}] must be >= 0 (a running mean of "
                                  f"squares), got {v.min()}")
+        unknown = [k for k in state if k not in PARAM_NAMES]
+        if unknown:
+            raise ValueError(f"{state_name} has unknown keys {_key_list(unknown)}; it may "
+                             f"hold only {', '.join(PARAM_NAMES)}")
     return dtype
+
+
+def _check_step_results(params, grads, state, state_name, new_p, new_s, what):
+    """After an optimiser step: every new parameter (and new state) finite, else a
+    NonFiniteError naming the non-finite argument or, when all were finite, saying that
+    the update overflowed. A NaN or inf in grads or in the state always reaches the new
+    parameters or the new state, so checking those checks the arguments too."""
+    for k in PARAM_NAMES:
+        p_ok = np.isfinite(new_p[k]).all()
+        if p_ok and (new_s is None or np.isfinite(new_s[k]).all()):
+            continue
+        _check_finite(f"grads[{k!r}]", grads[k])
+        if state is not None:
+            _check_finite(f"{state_name}[{k!r}]", state[k])
+        which = state_name if p_ok else "params"
+        raise NonFiniteError(f"the update overflowed: the new {which}[{k!r}] is not "
+                             f"finite, though params, grads and {state_name} are finite "
+                             f"({what} is too large): "
+                             f"{_overflow_hint(params[k].dtype)}")
 
 
 def _check_square(argname: str, W) -> np.ndarray:
@@ -1271,9 +1853,72 @@ def _check_square(argname: str, W) -> np.ndarray:
         raise ValueError(f"{argname} must be a square matrix of shape (N, N) with N >= 1, "
                          f"got shape {tuple(W.shape)}")
     if W.dtype not in (np.float32, np.float64):
-        raise TypeError(f"{argname} must have dtype float32 or float64, got {W.dtype.name}")
+        raise TypeError(f"{argname} must have dtype float32 or float64, "
+                        f"got {_dtype_text(W.dtype)}")
     _check_finite(argname, W)
     return W
+
+
+# --- results: overflow from finite arguments -------------------------------------------
+
+def _overflow_hint(dtype) -> str:
+    return (f"their magnitudes are too large for {np.dtype(dtype).name} (largest "
+            f"{np.finfo(dtype).max:.3g}); scale the inputs down or the weights")
+
+
+def _check_states(h, argnames: str) -> None:
+    """The hidden states h (T, B, H) of a ReLU or tanh recurrence all finite, else a
+    NonFiniteError naming the first step that is not. ReLU states lie in [0, inf] (or are
+    NaN) and tanh states in [-1, 1] (or NaN); max propagates NaN, so one reduction is an
+    exact test; the step is looked for only on failure."""
+    if np.isfinite(h.max()):
+        return
+    T = h.shape[0]
+    bad = ~np.isfinite(h).reshape(T, -1).all(axis=1)               # (T,)
+    t = int(np.argmax(bad)) + 1
+    b, i = (int(j) for j in np.argwhere(~np.isfinite(h[t - 1]))[0])
+    raise NonFiniteError(f"the recurrence overflowed: h_t is not finite from step t={t} "
+                         f"of T={T} on (row {b}, unit {i}: {h[t - 1, b, i]}), though "
+                         f"{argnames} are finite: {_overflow_hint(h.dtype)}")
+
+
+def _first_bad(arrays):
+    """The name of the first array of (name, array) pairs with a non-finite value."""
+    for name, a in arrays:
+        if not np.isfinite(a).all():
+            return name
+    return None
+
+
+def _check_readout_result(y, output, argnames):
+    """The read-out y finite, else a NonFiniteError saying at which step it overflowed."""
+    if np.isfinite(y).all():
+        return
+    where = ""
+    if output == "all":
+        t = int(np.argmax(~np.isfinite(y).reshape(y.shape[0], -1).all(axis=1))) + 1
+        where = f" at step t={t} of T={y.shape[0]}"
+    raise NonFiniteError(f"the read-out y = W_yh h_t + b_y overflowed{where}, though "
+                         f"{argnames} are finite: {_overflow_hint(y.dtype)}")
+
+
+def _bptt_overflow(name, cache, dh, output, argnames):
+    """The NonFiniteError for a gradient ``name`` that BPTT made non-finite: at which step
+    (dL/dh_t, from T down), found by running BPTT again with g."""
+    T = cache["x"].shape[0]
+    with np.errstate(all="ignore"):
+        g = _bptt(cache, dh, output, return_dh=True)[3]          # (T, B, H)
+    bad = ~np.isfinite(g).reshape(T, -1).all(axis=1)
+    if bad.any():
+        t = int(np.nonzero(bad)[0].max()) + 1
+        where = (f"at step t={t} of T={T}, counting back from T (dL/dh_t is not finite "
+                 f"there)")
+    else:
+        where = ("in the products with the inputs or the sums over the steps (every "
+                 "dL/dh_t is finite)")
+    return NonFiniteError(f"back-propagation through time overflowed {where}, so {name} "
+                          f"is not finite, though {argnames} are finite: "
+                          f"{_overflow_hint(cache['hs'].dtype)}")
 
 
 # ---------------------------------------------------------------------------------------
@@ -1329,14 +1974,9 @@ def from_torch_state_dict(state) -> dict:
             "unidirectional torch.nn.RNN with a Linear read-out named 'readout'); "
             + (f"missing {', '.join(missing)}" if missing else "")
             + ("; " if missing and extra else "")
-            + (f"unexpected {', '.join(map(str, extra))}" if extra else ""))
+            + (f"unexpected {_key_list(extra)}" if extra else ""))
     for k in TORCH_KEYS:
-        v = state[k]
-        if not isinstance(v, np.ndarray):
-            hint = (" (a torch tensor? convert it with .detach().cpu().numpy())"
-                    if hasattr(v, "detach") else "")
-            raise TypeError(f"state[{k!r}] must be a numpy.ndarray, got "
-                            f"{type(v).__name__}{hint}")
+        _as_array(f"state[{k!r}]", state[k])
     W_hh = state["weight_hh_l0"]
     if W_hh.ndim != 2 or W_hh.shape[0] != W_hh.shape[1] or W_hh.shape[0] < 1:
         raise ValueError(f"state['weight_hh_l0'] must have shape (H, H), got {W_hh.shape}")
@@ -1356,14 +1996,17 @@ def from_torch_state_dict(state) -> dict:
     dtype = W_hh.dtype
     if dtype not in (np.float32, np.float64):
         raise TypeError(f"state['weight_hh_l0'] must have dtype float32 or float64, "
-                        f"got {dtype.name}")
+                        f"got {_dtype_text(dtype)}")
     for k in TORCH_KEYS:
-        _check_float(f"state[{k!r}]", state[k], dtype)
-    params = {"W_hx": W_ih.copy(), "W_hh": W_hh.copy(),
-              "b_h": state["bias_ih_l0"] + state["bias_hh_l0"],
-              "W_yh": W_out.copy(), "b_y": state["readout.bias"].copy()}
-    check_params(params)                                 # finiteness
-    return params
+        _check_float(f"state[{k!r}]", state[k], dtype, "state['weight_hh_l0']'s")
+        _check_finite(f"state[{k!r}]", state[k])
+    with np.errstate(all="ignore"):
+        b_h = state["bias_ih_l0"] + state["bias_hh_l0"]
+    if not np.isfinite(b_h).all():
+        raise NonFiniteError("state['bias_ih_l0'] + state['bias_hh_l0'] overflows "
+                             f"{dtype.name}, though both are finite")
+    return {"W_hx": W_ih.copy(), "W_hh": W_hh.copy(), "b_h": b_h,
+            "W_yh": W_out.copy(), "b_y": state["readout.bias"].copy()}
 
 
 def fixture_outputs(case: dict) -> dict:
@@ -1372,12 +2015,33 @@ def fixture_outputs(case: dict) -> dict:
     Inputs: a dict with (at least) FIXTURE_INPUT_KEYS: x, h0, target, the five parameters
     and the conventions nonlinearity, loss_kind, output (str or 0-d string arrays).
     Returns {"h", "y", "loss" (0-d array), "grad_W_hx", ..., "grad_x", "grad_h0"}.
+    Errors are those of ``loss_and_grads``, prefixed "case is not a valid fixture case".
     """
-    conv = {k: str(case[k]) for k in ("nonlinearity", "loss_kind", "output")}
+    what = "case is not a valid fixture case"
+    if not isinstance(case, dict):
+        raise TypeError(f"case must be a dict of a fixture's arrays, got "
+                        f"{type(case).__name__}")
+    missing = [k for k in FIXTURE_INPUT_KEYS if k not in case]
+    if missing:
+        raise ValueError(f"{what}: it is missing {', '.join(missing)}")
+    conv = {}
+    for k in ("nonlinearity", "loss_kind", "output"):
+        v = case[k]
+        if not (isinstance(v, str) or (type(v) is np.ndarray and v.shape == ()
+                                       and v.dtype.kind == "U")):
+            raise TypeError(f"{what}: case[{k!r}] must be a str or a 0-d string array, "
+                            f"got {type(v).__name__} {_short(v)}")
+        conv[k] = str(v)
     params = {k: case[k] for k in PARAM_NAMES}
-    L, dy, h, y, cache = _loss_forward(params, case["x"], case["target"], conv["loss_kind"],
-                                       conv["output"], conv["nonlinearity"], case["h0"])
-    grads = _grads_from(dy, params, h, cache, conv["output"])
+    try:
+        if case["h0"] is None:
+            raise TypeError("case['h0'] must be an array, got None")
+        L, dy, h, y, cache = _loss_forward(params, case["x"], case["target"],
+                                           conv["loss_kind"], conv["output"],
+                                           conv["nonlinearity"], case["h0"])
+        grads = _checked_grads_from(dy, params, h, cache, conv["output"])
+    except (TypeError, ValueError) as e:
+        raise type(e)(f"{what}: {e}") from None
     out = {"h": np.array(h), "y": y, "loss": np.asarray(h.dtype.type(L))}
     out.update({f"grad_{k}": v for k, v in grads.items()})
     return out
@@ -1397,7 +2061,11 @@ def load_fixture(path) -> dict:
     a corrupt member, pickled objects, missing or unexpected keys, another format version,
     unknown conventions, wrong shapes or dtypes, non-finite values.
     """
-    path = os.fspath(path)
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__} "
+                        f"{_short(path)}") from None
     if not os.path.isfile(path):
         raise FileNotFoundError(f"fixture file {path} does not exist")
     if not zipfile.is_zipfile(path):
@@ -1528,16 +2196,31 @@ class CompareReport:
     __str__ = table
 
 
-def _check_one(name, e, a, rtol, atol) -> TensorCheck:
-    if not isinstance(a, (np.ndarray, np.generic, int, float)) or isinstance(a, bool):
+def _numeric_problem(v):
+    """Why v cannot be compared as numbers (None if it can): compare takes plain arrays
+    (as _as_array) and NumPy or Python int and float scalars of real, non-bool dtypes."""
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (np.ndarray, np.generic,
+                                                              int, float)):
         hint = " (a torch tensor? return .detach().cpu().numpy())" \
-            if hasattr(a, "detach") else ""
-        return TensorCheck(name, "type", detail=f"expected a numpy.ndarray, got "
-                           f"{type(a).__name__}{hint}")
+            if hasattr(v, "detach") else ""
+        return f"expected a numpy.ndarray, got {type(v).__name__}{hint}"
+    if isinstance(v, np.ndarray):
+        try:
+            _as_array("it", v)
+        except TypeError as e:
+            return str(e)
+    kind = np.asarray(v).dtype.kind
+    if kind not in "iuf":
+        return (f"expected a real numeric array (integer or float), got dtype "
+                f"{np.asarray(v).dtype}")
+    return None
+
+
+def _check_one(name, e, a, rtol, atol) -> TensorCheck:
+    problem = _numeric_problem(a)
+    if problem is not None:
+        return TensorCheck(name, "type", detail=problem)
     a, e = np.asarray(a), np.asarray(e)
-    if a.dtype.kind not in "biuf" or e.dtype.kind not in "biuf":
-        return TensorCheck(name, "type", detail=f"expected a numeric array, got dtype "
-                           f"{a.dtype} (expected dtype {e.dtype})")
     if a.shape != e.shape:
         return TensorCheck(name, "shape", shape=a.shape,
                            detail=f"expected shape {e.shape}, got {a.shape}")
@@ -1552,9 +2235,9 @@ def _check_one(name, e, a, rtol, atol) -> TensorCheck:
     if a.size == 0:
         return TensorCheck(name, "pass", shape=a.shape, max_abs=0.0, max_rel=0.0,
                            worst_ratio=0.0)
-    err = np.abs(a64 - e64)
-    tol = atol + rtol * np.abs(e64)
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(all="ignore"):      # an error beyond float64's range counts as inf
+        err = np.abs(a64 - e64)
+        tol = atol + rtol * np.abs(e64)
         rel = np.where(err == 0, 0.0, err / np.abs(e64))
         ratio = np.where(err == 0, 0.0, err / tol)
     ia, ir = np.unravel_index(np.argmax(err), err.shape), \
@@ -1574,15 +2257,20 @@ def compare(expected: dict, actual: dict, rtol: float, atol: float) -> CompareRe
     TensorCheck records the worst absolute error |a - e| and the worst relative error
     |a - e| / |e| with the index where each occurs. Keys only in ``actual`` are listed as
     "extra" and not compared. Dtypes may differ (a float32 result can be checked against
-    float64 values); actual values must be NumPy arrays or scalars.
+    float64 values); values must be plain NumPy arrays or NumPy / Python int or float
+    scalars, not bool or complex: an unusable actual value is reported as "type", an
+    unusable expected value is a TypeError.
     """
     for argname, d in (("expected", expected), ("actual", actual)):
         if not isinstance(d, dict):
             raise TypeError(f"{argname} must be a dict of arrays, got {type(d).__name__}")
     for argname, v in (("rtol", rtol), ("atol", atol)):
-        if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) \
-                or not math.isfinite(v) or v < 0:
-            raise ValueError(f"{argname} must be a finite number >= 0, got {v!r}")
+        _check_rate(argname, v)
+    for k, v in expected.items():
+        problem = _numeric_problem(v)
+        if problem is not None:
+            raise TypeError(f"expected[{_short(k)}] must be a real numeric array: "
+                            f"{problem.replace('it must', 'it must')}")
     checks = [TensorCheck(k, "missing", detail="not returned") if k not in actual
               else _check_one(k, expected[k], actual[k], float(rtol), float(atol))
               for k in expected]

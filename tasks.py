@@ -43,8 +43,10 @@ def _set_blas_threads(argv) -> str:
             n = argv[i + 1]
         elif a.startswith("--threads="):
             n = a.split("=", 1)[1]
-    if not n.isdigit() or int(n) < 1:
-        sys.exit(f"tasks.py: error: --threads must be an integer >= 1, got {n!r}")
+    if not n.isdigit() or int(n) < 1:                 # a usage error: exit status 2
+        print(f"tasks.py: error: --threads must be an integer >= 1, got {n!r}",
+              file=sys.stderr)
+        sys.exit(2)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
                 "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS"):
         os.environ[var] = n
@@ -91,9 +93,11 @@ import importlib.util  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import subprocess  # noqa: E402
+import tempfile  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 import zipfile  # noqa: E402
+import zlib  # noqa: E402
 
 import numpy as np  # noqa: E402
 
@@ -114,6 +118,58 @@ _BLAS_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS",
               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")
 
 
+# --- Sizes that fit: every run's arrays, estimated before any is allocated ---------------
+
+def _physical_memory():
+    """Bytes of physical memory of this machine, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+_ALWAYS_FITS = 1 << 28     # 256 MiB: smaller arrays are not worth asking the system about
+
+
+def _gib(n_bytes):
+    return f"{n_bytes / 2**30:.3g} GiB"
+
+
+def check_memory(what, parts) -> int:
+    """Refuse, with ValueError, work whose arrays cannot fit in physical memory.
+
+    ``parts`` maps a description of each big array (naming the sizes it grows with) to its
+    bytes; the message gives the total, the machine's physical memory and the largest
+    part. Returns the total. Where the system does not report its memory, nothing is
+    refused.
+    """
+    need, have = sum(parts.values()), _physical_memory()
+    if have is not None and need > have:
+        big = max(parts, key=parts.get)
+        raise ValueError(f"{what} needs about {_gib(need)} of memory, more than the "
+                         f"{_gib(have)} of physical memory of this machine (the largest "
+                         f"part: {big}, {_gib(parts[big])})")
+    return need
+
+
+def run_memory(T, B, H, D, O, n_test, itemsize=8) -> dict:
+    """The big arrays of a training run, in bytes, for check_memory: the parameters with
+    their gradients, optimiser state and update (4 copies of H*D + H*H + H + O*H + O
+    numbers); a training batch's inputs, projected inputs, hidden states and BPTT terms
+    (T*B*(D + 3H)); the test set (T*n*D inputs, n*O targets) with the hidden states and
+    projected inputs of one evaluation chunk (2*T*chunk*H, chunk as in ``evaluate``)."""
+    n_params = H * D + H * H + H + O * H + O
+    chunk = min(n_test, max(1, 4_000_000 // (T * H)))
+    return {
+        f"the parameters (hidden={H}), their gradients and optimiser state":
+            itemsize * 4 * n_params,
+        f"a training batch (seq_len T={T} x batch={B} x (D={D} + 3 x hidden={H}))":
+            itemsize * T * B * (D + 3 * H),
+        f"the test set (seq_len T={T} x test_size={n_test}) and its evaluation":
+            itemsize * (T * n_test * D + n_test * O + 2 * T * chunk * H),
+    }
+
+
 def _marker_draws(n, T, rng):
     """The draws of the adding and multiplication problems: values (T, n) uniform on
     [0, 1], then the first markers (n,) in [0, T//2), then the second (n,) in [T//2, T)."""
@@ -121,6 +177,10 @@ def _marker_draws(n, T, rng):
     T = nr._check_size("T", T, minimum=2)
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    n_bytes = 8 * T * n * 3 + 16 * n      # values (T, n), the markers, inputs (T, n, 2)
+    if n_bytes > _ALWAYS_FITS:
+        check_memory(f"n={n} sequences of T={T} steps",
+                     {f"the inputs (T={T} x n={n} x 3 numbers)": n_bytes})
     half = T // 2
     values = rng.uniform(0.0, 1.0, size=(T, n))              # (T, n)
     first = rng.integers(0, half, size=n)                    # a step in [0, T//2)
@@ -179,6 +239,57 @@ MNIST_IDX_NAMES = {
 _IDX_MAGIC = {1: 2049, 3: 2051}       # labels (n,), images (n, rows, cols); unsigned bytes
 
 
+def _path_arg(argname, path) -> str:
+    """A path argument as a str: a str or an os.PathLike naming one (TypeError else)."""
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise TypeError(f"{argname} must be a path (str or os.PathLike), got "
+                        f"{type(path).__name__}") from None
+    if not isinstance(path, str):
+        raise TypeError(f"{argname} must be a path (str or os.PathLike), got "
+                        f"{type(path).__name__} {path!r}")
+    return path
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _read_npz(path, bad, names=None):
+    """(entry names, {name: array}) of the .npz archive at ``path``, read with
+    allow_pickle=False: every entry, or only those of ``names`` that it holds.
+
+    Anything else raises ValueError starting with ``bad`` (which names the file): an empty
+    file, a .npy array, a file that is not a zip archive, a damaged archive, an entry
+    that is not a .npy array or that holds Python objects. A missing file raises
+    FileNotFoundError.
+    """
+    if os.path.isdir(path):
+        raise ValueError(f"{bad}: it is a folder, not an .npz archive")
+    with open(path, "rb") as f:
+        head = f.read(len(_NPY_MAGIC))
+    if not head:
+        raise ValueError(f"{bad}: the file is empty, not an .npz archive")
+    if head == _NPY_MAGIC:
+        raise ValueError(f"{bad}: it is a .npy array, not an .npz archive")
+    if head[:2] != b"PK":
+        raise ValueError(f"{bad}: damaged or unreadable .npz (not a zip archive: it starts "
+                         f"with {head!r})")
+    arrays, key = {}, None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            files = list(z.files)
+            for key in (files if names is None else [k for k in names if k in files]):
+                arrays[key] = z[key]
+    except (OSError, EOFError, zipfile.BadZipFile, ValueError, KeyError) as e:
+        where = f" (entry {key!r})" if key is not None else ""
+        raise ValueError(f"{bad}: damaged or unreadable .npz{where} ({e})") from None
+    for k, a in arrays.items():
+        if not isinstance(a, np.ndarray):
+            raise ValueError(f"{bad}: entry {k!r} is not a .npy array")
+    return files, arrays
+
+
 def read_idx(path, ndim):
     """Read an IDX file of unsigned bytes (raw, or gzipped when its first bytes say so).
 
@@ -186,22 +297,31 @@ def read_idx(path, ndim):
     holds exactly the number of bytes its header announces. Returns a uint8 array.
     """
     import gzip
+    path = _path_arg("path", path)
+    if not _is_int(ndim) or ndim not in _IDX_MAGIC:
+        raise ValueError(f"ndim must be 1 (labels) or 3 (images), got {ndim!r}")
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: it is a folder, not an IDX file")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"IDX file {path} does not exist")
     with open(path, "rb") as f:
         raw = f.read()
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as e:
+        except (OSError, EOFError, zlib.error) as e:
             raise ValueError(f"{path}: damaged gzip file ({e})") from None
     want = _IDX_MAGIC[ndim]
     if len(raw) < 4 + 4 * ndim:
-        raise ValueError(f"{path}: too short for an IDX header ({len(raw)} bytes)")
+        raise ValueError(f"{path}: too short for the header of an IDX file of ndim={ndim} "
+                         f"({len(raw)} bytes)")
     magic = int.from_bytes(raw[:4], "big")
     if magic != want:
         raise ValueError(f"{path}: IDX magic number must be {want} (0x{want:08x}, "
-                         f"{ndim}-d unsigned bytes), got {magic} (0x{magic:08x})")
+                         f"{ndim}-d unsigned bytes, ndim={ndim}), got {magic} "
+                         f"(0x{magic:08x})")
     dims = tuple(int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    n_bytes = int(np.prod(dims)) if dims else 0
+    n_bytes = math.prod(dims)                      # Python integers: no overflow
     body = len(raw) - 4 - 4 * ndim
     if body != n_bytes:
         raise ValueError(f"{path}: header announces shape {dims} = {n_bytes} bytes of "
@@ -226,7 +346,9 @@ def _check_mnist_arrays(arrays, source):
         if y.shape[0] != x.shape[0]:
             raise ValueError(f"{source}: x_{part} has {x.shape[0]} images but y_{part} has "
                              f"{y.shape[0]} labels")
-        if y.size and (y.min() < 0 or y.max() > 9):
+        if x.shape[0] == 0:
+            raise ValueError(f"{source}: the {part} split is empty (x_{part} has 0 images)")
+        if y.min() < 0 or y.max() > 9:
             raise ValueError(f"{source}: y_{part} labels must lie in 0..9, got "
                              f"{y.min()}..{y.max()}")
         arrays[f"x_{part}"] = x.reshape(x.shape[0], 784)
@@ -248,24 +370,17 @@ def load_mnist(path):
     Returns a dict with x_train (n, 784) uint8, y_train (n,) int64, x_test, y_test.
     Raises FileNotFoundError (saying which files to put where) or ValueError (bad files).
     """
-    path = os.fspath(path)
+    path = _path_arg("path", path)
     if os.path.isdir(path) and os.path.isfile(os.path.join(path, "mnist.npz")):
         path = os.path.join(path, "mnist.npz")
     if os.path.isfile(path):
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                missing = [k for k in MNIST_IDX_NAMES if k not in z.files]
-                if missing:
-                    raise ValueError(f"{path}: missing arrays {', '.join(missing)}; expected "
-                                     f"x_train, y_train, x_test, y_test, got "
-                                     f"{', '.join(z.files) or 'none'}")
-                arrays = {k: z[k] for k in MNIST_IDX_NAMES}
-        except (OSError, EOFError) as e:
-            raise ValueError(f"{path}: not a readable .npz file ({e})") from None
-        except ValueError as e:
-            if str(e).startswith(path):
-                raise
-            raise ValueError(f"{path}: not a readable .npz file ({e})") from None
+        files, arrays = _read_npz(path, f"{path}: not a readable .npz file",
+                                  names=list(MNIST_IDX_NAMES))
+        missing = [k for k in MNIST_IDX_NAMES if k not in files]
+        if missing:
+            raise ValueError(f"{path}: missing arrays {', '.join(missing)}; expected "
+                             f"x_train, y_train, x_test, y_test, got "
+                             f"{', '.join(files) or 'none'}")
         return _check_mnist_arrays(arrays, path)
     if not os.path.isdir(path):
         raise FileNotFoundError(_mnist_help(path))
@@ -292,8 +407,7 @@ def load_pixel_dataset(name, path=None):
     """MNIST or Fashion-MNIST (the same IDX format) for the pixel task: load_mnist's
     arrays plus "name", "source" and "classes" (the label names)."""
     nr._check_choice("dataset", name, tuple(PIXEL_DATASETS))
-    if path is None:
-        path = PIXEL_DATASETS[name]
+    path = PIXEL_DATASETS[name] if path is None else _path_arg("path", path)
     try:
         d = load_mnist(path)
     except FileNotFoundError as e:
@@ -307,13 +421,39 @@ def load_pixel_dataset(name, path=None):
 
 
 def pixel_sequences(images, permutation=None):
-    """Images (n, P) uint8 -> sequences (P, n, 1) float64 in [0, 1], one pixel per step in
-    scanline order, or in the order ``permutation`` (a permutation of range(P))."""
-    images = np.asarray(images)
-    if images.ndim != 2:
-        raise ValueError(f"images must have shape (n, P), got {images.shape}")
+    """Images (n, P) -> sequences (P, n, 1) float64 in [0, 1], one pixel per step in
+    scanline order, or in the order ``permutation`` (a permutation of range(P)).
+
+    Images are uint8 pixels 0..255 (divided by 255) or floats already scaled to [0, 1];
+    anything else (other integers, which would be taken as unscaled, non-finite or
+    out-of-range floats) is refused.
+    """
+    images = nr._as_array("images", images)    # the arrays the core takes (its policy)
+    if images.ndim != 2 or 0 in images.shape:
+        raise ValueError(f"images must have shape (n, P) with n, P >= 1, got "
+                         f"{images.shape}")
+    if images.dtype != np.uint8:
+        if images.dtype.kind != "f":
+            raise TypeError(f"images must hold uint8 pixels 0..255 or floats in [0, 1], "
+                            f"got dtype {images.dtype.name}")
+        if not np.all((images >= 0) & (images <= 1)):      # False for NaN too
+            bad = images[~((images >= 0) & (images <= 1))][0]
+            raise ValueError(f"images of dtype {images.dtype.name} must lie in [0, 1] "
+                             f"(pixels already scaled), got {bad}")
     if permutation is not None:
-        images = images[:, permutation]
+        P = images.shape[1]
+        perm = np.asarray(permutation) if isinstance(permutation, (np.ndarray, list, tuple,
+                                                                   range)) else None
+        if perm is None or perm.dtype.kind not in "iu":
+            raise TypeError(f"permutation must be an array of integers, a permutation of "
+                            f"range(P={P}), got {type(permutation).__name__}"
+                            + ("" if perm is None else f" of dtype {perm.dtype.name}"))
+        if perm.shape != (P,) or not np.array_equal(np.sort(perm), np.arange(P)):
+            raise ValueError(f"permutation must be a permutation of range(P={P}), got "
+                             f"shape {perm.shape}"
+                             + ("" if perm.shape != (P,) else " with repeated or "
+                                "out-of-range entries"))
+        images = images[:, perm]
     return (images.T[:, :, None] / 255.0 if images.dtype == np.uint8
             else images.T[:, :, None].astype(np.float64))
 
@@ -322,6 +462,11 @@ def load_digits_data(rng, test_fraction=0.2):
     """scikit-learn's bundled 8x8 digits (1797 images, no download) as 64-pixel rows scaled
     to [0, 1] and split once by ``rng``: returns x_train (n, 64) float64, y_train, x_test,
     y_test."""
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or \
+            not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be a number in (0, 1), got {test_fraction!r}")
     try:
         from sklearn.datasets import load_digits
     except ImportError:
@@ -332,6 +477,9 @@ def load_digits_data(rng, test_fraction=0.2):
     y = d.target.astype(np.int64)
     order = rng.permutation(len(y))
     n_test = int(round(test_fraction * len(y)))
+    if not 1 <= n_test < len(y):
+        raise ValueError(f"test_fraction={test_fraction!r} leaves {n_test} of the {len(y)} "
+                         "images for testing; both splits need at least one")
     te, tr = order[:n_test], order[n_test:]
     return {"x_train": x[tr], "y_train": y[tr], "x_test": x[te], "y_test": y[te]}
 
@@ -343,6 +491,68 @@ def load_digits_data(rng, test_fraction=0.2):
 # --- Tasks as seen by the training loop -----------------------------------------------
 
 TASKS = ("adding", "multiply", "pixel", "digits")   # one name per task: the command's own
+
+
+class _TaskDefault:
+    """RunConfig's default test_size: 1000 sequences or images, or the whole test split of
+    the digits (359 images, fewer than 1000)."""
+
+    def __repr__(self):
+        return "<1000, or all the digits' test images>"
+
+
+_TEST_SIZE_DEFAULT = _TaskDefault()
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and \
+        not isinstance(v, (bool, np.bool_))
+
+
+def _finite(v) -> bool:
+    """v is a number that a float holds finitely (not bool, nan, inf, nor an integer too
+    large for a float)."""
+    try:
+        return _is_number(v) and math.isfinite(float(v))
+    except OverflowError:
+        return False
+
+
+def _one_of(v, names) -> bool:
+    return isinstance(v, str) and v in names
+
+
+def _check_run_fields(c, where="RunConfig") -> None:
+    """The checks of RunConfig (and of a checkpoint's config, ``where`` naming it): each
+    field's type and range, and the fields that belong to the task."""
+    def need(ok, field, want):
+        if not ok:
+            raise ValueError(f"{where}: {field} must be {want}, got {c[field]!r}")
+    regression = c["task"] in ("adding", "multiply")
+    need(_one_of(c["scheme"], nr.SCHEMES), "scheme", f"one of {', '.join(nr.SCHEMES)}")
+    need(_is_int(c["seed"]) and c["seed"] >= 0, "seed", "an integer >= 0")
+    for k in ("hidden", "batch"):
+        need(_is_int(c[k]) and c[k] >= 1, k, "an integer >= 1")
+    need(_finite(c["lr"]) and c["lr"] > 0, "lr", "a finite number > 0")
+    need(_finite(c["momentum"]) and c["momentum"] >= 0, "momentum", "a finite number >= 0")
+    need(c["clip"] is None or _finite(c["clip"]) and c["clip"] > 0, "clip",
+         "None (no clipping) or a finite number > 0")
+    need(_one_of(c["inputs"], nr.INPUT_RECIPES), "inputs",
+         f"one of {', '.join(nr.INPUT_RECIPES)}")
+    need(isinstance(c["permuted"], (bool, np.bool_)) and not (regression and c["permuted"]),
+         "permuted", "False for the adding and multiplication problems" if regression
+         else "True or False")
+    need(c["train_size"] is None or not regression and _is_int(c["train_size"])
+         and c["train_size"] >= 1, "train_size", "None for the adding and multiplication "
+         "problems" if regression else "None (all the training images) or an integer >= 1")
+    need(_one_of(c["dataset"], PIXEL_DATASETS) if c["task"] == "pixel" else
+         c["dataset"] is None,
+         "dataset", f"one of {', '.join(PIXEL_DATASETS)}" if c["task"] == "pixel"
+         else "None (only the pixel task has data sets)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -367,7 +577,8 @@ class RunConfig:
     steps: int | None = None        # adding, multiply (pixel, digits: instead of epochs)
     epochs: int | None = None       # pixel, digits
     eval_every: int | None = None   # None: 500 steps (adding, multiply) or one epoch
-    test_size: int | None = 1000    # None: the whole test split (pixel, digits)
+    test_size: int | None = _TEST_SIZE_DEFAULT  # 1000 (digits: its 359 test images);
+    #                                   None: the whole test split (pixel, digits)
     target_mse: float = 0.01        # adding, multiply: solved when test MSE < target_mse
     dataset: str | None = None      # pixel: a key of PIXEL_DATASETS
     data: str | None = None         # pixel: where the files are (None: the default place)
@@ -377,9 +588,90 @@ class RunConfig:
     resume: str | None = None       # checkpoint to continue from
     label_hp: bool = False          # name runs with lr and clip (sweep cells)
 
+    def __post_init__(self):
+        """Every field checked (ValueError naming it); integers become Python ints."""
+        nr._check_choice("task", self.task, TASKS)
+        if self.test_size is _TEST_SIZE_DEFAULT:
+            object.__setattr__(self, "test_size", None if self.task == "digits" else 1000)
+        c = dataclasses.asdict(self)
+        _check_run_fields(c)
+
+        def need(ok, field, want):
+            if not ok:
+                raise ValueError(f"RunConfig: {field} must be {want}, got {c[field]!r}")
+        if self.regression:
+            need(_is_int(self.seq_len) and self.seq_len >= 2, "seq_len",
+                 "an integer >= 2 (one marker in each half of the sequence)")
+            need(_is_int(self.steps) and self.steps >= 1, "steps", "an integer >= 1")
+            need(_is_int(self.test_size) and self.test_size >= 1, "test_size",
+                 "an integer >= 1")
+        else:
+            need(self.seq_len is None, "seq_len", "None (the images set it: one step per "
+                 "pixel)")
+            need(self.steps is None or _is_int(self.steps) and self.steps >= 1, "steps",
+                 "None or an integer >= 1")
+            need(self.steps is not None or _is_int(self.epochs) and self.epochs >= 1,
+                 "epochs", "an integer >= 1 (or steps given)")
+            need(self.test_size is None or _is_int(self.test_size) and self.test_size >= 1,
+                 "test_size", "None (the whole test split) or an integer >= 1")
+        for k in ("epochs", "eval_every"):
+            need(c[k] is None or _is_int(c[k]) and c[k] >= 1, k, "None or an integer >= 1")
+        need(_finite(self.target_mse) and self.target_mse > 0, "target_mse", "a finite number > 0")
+        need(self.data is None or self.task == "pixel" and isinstance(self.data, str),
+             "data",
+             "None or a path (str) of the pixel task's files")
+        for k in ("save", "resume"):
+            need(c[k] is None or isinstance(c[k], str), k, "None or a path (str)")
+        need(isinstance(self.label_hp, (bool, np.bool_)), "label_hp", "True or False")
+        for k, v in c.items():                     # numpy scalars as Python numbers
+            if isinstance(v, (np.integer, np.bool_, np.floating)):
+                object.__setattr__(self, k, v.item())
+
     @property
     def regression(self) -> bool:
         return self.task in ("adding", "multiply")
+
+
+def _load_task_data(cfg: RunConfig):
+    """The images of a pixel or digits run (None for the adding and multiplication
+    problems, whose sequences are drawn)."""
+    if cfg.task == "pixel":
+        return load_pixel_dataset(cfg.dataset, cfg.data)
+    if cfg.task == "digits":
+        return load_digits_data(np.random.default_rng(0))
+    return None
+
+
+def check_run(cfg: RunConfig, data=None) -> dict:
+    """A run's sizes, checked before anything big is allocated: the training and test set
+    sizes asked for against the images (``data`` as load_pixel_dataset or
+    load_digits_data return them; None for adding and multiply), the batch against the
+    training set, and the run's arrays against physical memory (check_memory). Returns
+    {"T", "n_train" (None: drawn on the fly), "n_test"}; ValueError names what is too big.
+    """
+    if not isinstance(cfg, RunConfig):
+        raise TypeError(f"cfg must be a RunConfig, got {type(cfg).__name__}")
+    if cfg.regression:
+        T, n_train, n_test, D, O = cfg.seq_len, None, cfg.test_size, 2, 1
+    else:
+        if not isinstance(data, dict) or not {"x_train", "y_train", "y_test"} <= set(data):
+            raise TypeError(f"data must be the dict of images of the {cfg.task} task, got "
+                            f"{type(data).__name__}")
+        source = data.get("source", "scikit-learn's 8x8 digits")
+        have_train, have_test = len(data["y_train"]), len(data["y_test"])
+        for k, have, what in (("train_size", have_train, "training"),
+                              ("test_size", have_test, "test")):
+            if getattr(cfg, k) is not None and getattr(cfg, k) > have:
+                raise ValueError(f"{k}={getattr(cfg, k)} is more than the {have} {what} "
+                                 f"images of {source}")
+        n_train, n_test = cfg.train_size or have_train, cfg.test_size or have_test
+        if cfg.batch > n_train:
+            raise ValueError(f"batch {cfg.batch} is larger than the training set "
+                             f"({n_train} images)")
+        T, D, O = data["x_train"].shape[1], 1, 10
+    check_memory(f"the run {run_label(cfg)} of {cfg.task}",
+                 run_memory(T, cfg.batch, cfg.hidden, D, O, n_test))
+    return {"T": T, "n_train": n_train, "n_test": n_test}
 
 
 class _Task:
@@ -398,6 +690,7 @@ class _Task:
         self.n_in, self.n_out, self.loss = 2, 1, "mse"
         self.T = cfg.seq_len
         self.baseline = ADDING_BASELINE_MSE if cfg.task == "adding" else MULTIPLY_BASELINE_MSE
+        check_run(cfg)
         # The test set comes from its own stream, so it is the same for every scheme and
         # across --resume; the training stream is the checkpointed data rng.
         self.x_test, self.y_test = self.gen(cfg.test_size, self.T,
@@ -406,10 +699,8 @@ class _Task:
 
     def _init_images(self, cfg):
         self.n_in, self.n_out, self.loss = 1, 10, "xent"
-        if cfg.task == "pixel":
-            data = load_pixel_dataset(cfg.dataset, cfg.data)
-        else:
-            data = load_digits_data(np.random.default_rng(0))
+        data = _load_task_data(cfg)
+        n_test = check_run(cfg, data)["n_test"]
         self.perm = None
         if cfg.permuted:
             self.perm = np.random.default_rng(0).permutation(data["x_train"].shape[1])
@@ -417,14 +708,10 @@ class _Task:
         if cfg.train_size:
             self.x_train = self.x_train[:cfg.train_size]
             self.y_train = self.y_train[:cfg.train_size]
-        n_test = min(cfg.test_size or len(data["y_test"]), len(data["y_test"]))
         self.x_test = pixel_sequences(data["x_test"][:n_test], self.perm)
         self.y_test = data["y_test"][:n_test]
         self.T = self.x_train.shape[1]
         self.steps_per_epoch = len(self.y_train) // cfg.batch
-        if self.steps_per_epoch < 1:
-            raise ValueError(f"batch {cfg.batch} is larger than the training set "
-                             f"({len(self.y_train)} images)")
         self._epoch, self._order = None, None
 
     def batch_for(self, rng, step, batch):
@@ -453,9 +740,13 @@ def evaluate(params, task, nonlinearity, max_elems=4_000_000):
     sq, xent, correct = 0.0, 0.0, 0
     for i in range(0, n, chunk):
         xs = task.x_test[:, i:i + chunk]
-        h, _ = nr.forward(params, xs, nonlinearity=nonlinearity)
-        y = nr.readout(params, h, "last")                        # (b, O)
         t = task.y_test[i:i + chunk]
+        try:
+            h, _ = nr.forward(params, xs, nonlinearity=nonlinearity)
+            y = nr.readout(params, h, "last")                    # (b, O)
+        except nr.NonFiniteError:           # states or read-out overflowed: the worst score
+            sq, xent = math.inf, math.inf
+            continue
         if task.loss == "mse":
             sq += float(np.sum((y - t) ** 2))
             correct += int(np.sum(np.abs(y - t)[:, 0] < PAPER_TOLERANCE))
@@ -468,45 +759,200 @@ def evaluate(params, task, nonlinearity, max_elems=4_000_000):
     return {"loss": xent / n, "accuracy": correct / n}
 
 
+# --- Files written atomically -----------------------------------------------------------
+#
+# Every file that tasks.py writes (checkpoints, run folders' files, job files, summaries)
+# is first written to a temporary file in the same folder, named by tempfile.mkstemp with
+# the writer's pid and a random suffix, so that two writers never share one, and then
+# renamed over its final name with os.replace, which is atomic within a filesystem: a
+# reader sees the old file or the new one, never part of one, and a writer killed midway
+# leaves at most a hidden .<name>.<pid>.<random>.partial file beside it.
+
+def _new_file_mode() -> int:
+    """The mode open() gives a new file under the process's umask (mkstemp's is 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+@contextlib.contextmanager
+def _atomic_file(path, mode="w", **kwargs):
+    """A file object open on a fresh temporary file beside ``path``; when the block ends
+    without an exception it replaces ``path``, otherwise it is removed."""
+    folder, name = os.path.split(os.path.abspath(os.fspath(path)))
+    fd, tmp = tempfile.mkstemp(prefix=f".{name}.{os.getpid()}.", suffix=".partial",
+                               dir=folder)
+    try:
+        with os.fdopen(fd, mode, **kwargs) as f:
+            os.chmod(tmp, _new_file_mode())
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
 # --- Checkpoints -----------------------------------------------------------------------
+# The keys of a checkpoint's config: those every version wrote (CHECKPOINT_CONFIG_KEYS),
+# then those later versions added: permuted and train_size, inputs, the pixel dataset.
+CHECKPOINT_CONFIG_OPTIONAL = ("permuted", "train_size", "inputs", "dataset")
+TASK_SIZES = {"adding": (2, 1), "multiply": (2, 1), "pixel": (1, 10), "digits": (1, 10)}
+IMAGE_STEPS = {"pixel": 784, "digits": 64}          # T of the image tasks: their pixels
+
+_KIND_WORDS = {"int": "an integer >= 0", "num": "a number", "time": "a finite number >= 0",
+               "str": "a string", "bool": "true or false", "list": "a list",
+               "dict": "a JSON object"}
+
+
+def _kind_ok(kind, v) -> bool:
+    if kind.endswith("?"):
+        return v is None or _kind_ok(kind[:-1], v)
+    if kind == "int":
+        return _is_int(v) and v >= 0
+    if kind == "num":                       # nan and inf too: metrics of a diverging run
+        return _is_number(v) and (_finite(v) or isinstance(v, float))
+    if kind == "time":
+        return _finite(v) and v >= 0
+    return isinstance(v, {"str": str, "bool": bool, "list": list, "dict": dict}[kind])
+
+
+def _check_record(d, kinds, where, optional=()):
+    """A JSON object with exactly the fields of ``kinds`` (those in ``optional`` may be
+    absent), each of its kind ("int", "num", "time", "str", "bool", "list", "dict"; a
+    trailing "?" allows null). ValueError names ``where`` and the field."""
+    if not isinstance(d, dict):
+        raise ValueError(f"{where} must be a JSON object, got {type(d).__name__}")
+    missing = [k for k in kinds if k not in d and k not in optional]
+    if missing:
+        raise ValueError(f"{where} is missing {', '.join(missing)}")
+    unknown = [k for k in d if k not in kinds]
+    if unknown:
+        raise ValueError(f"{where} has unknown fields {', '.join(map(repr, unknown))}; "
+                         f"known: {', '.join(kinds)}")
+    for k, kind in kinds.items():
+        if k in d and not _kind_ok(kind, d[k]):
+            raise ValueError(f"{where}: {k} must be {_KIND_WORDS[kind.rstrip('?')]}"
+                             f"{' or null' if kind.endswith('?') else ''}, got {d[k]!r}")
+    return d
+
+
+def _check_checkpoint_config(config, params, where) -> dict:
+    """A checkpoint's config checked field by field (RunConfig's checks), against itself
+    (the scheme's nonlinearity, the task's sequence length) and against the parameters
+    (hidden = the size of W_hh; D and O those of the task). Returns it in today's names
+    (_saved_config). ``where`` names the config in messages."""
+    if not isinstance(config, dict):
+        raise ValueError(f"{where} must be a JSON object, got {type(config).__name__}")
+    missing = [k for k in CHECKPOINT_CONFIG_KEYS if k not in config]
+    if missing:
+        raise ValueError(f"{where} is missing {', '.join(missing)}")
+    known = CHECKPOINT_CONFIG_KEYS + CHECKPOINT_CONFIG_OPTIONAL
+    unknown = [k for k in config if k not in known]
+    if unknown:
+        raise ValueError(f"{where} has unknown keys {', '.join(map(repr, unknown))}; "
+                         f"known: {', '.join(known)}")
+    if not _one_of(config["task"], TASKS + ("mnist",)):
+        raise ValueError(f"{where}: task must be one of {', '.join(TASKS)} (or the former "
+                         f"'mnist'), got {config['task']!r}")
+    c = _saved_config(config)
+    _check_run_fields(c, where)
+    f = nr.SCHEMES[c["scheme"]].nonlinearity
+    if c["nonlinearity"] != f:
+        raise ValueError(f"{where}: nonlinearity must be {f!r}, scheme {c['scheme']!r}'s, "
+                         f"got {c['nonlinearity']!r}")
+    T = IMAGE_STEPS.get(c["task"])
+    if not (_is_int(c["seq_len"]) and (c["seq_len"] == T if T else c["seq_len"] >= 2)):
+        raise ValueError(f"{where}: seq_len must be " + (
+            f"{T} (one step per pixel of the {c['task']} task)" if T else
+            "an integer >= 2") + f", got {c['seq_len']!r}")
+    H, D, O, _ = nr.check_params(params)
+    if c["hidden"] != H:
+        raise ValueError(f"{where}: hidden={c['hidden']!r} but W_hh is {H} x {H}")
+    if (D, O) != TASK_SIZES[c["task"]]:
+        raise ValueError(f"{where}: the {c['task']} task has D={TASK_SIZES[c['task']][0]} "
+                         f"inputs and O={TASK_SIZES[c['task']][1]} outputs, but W_hx and "
+                         f"W_yh give D={D}, O={O}")
+    return c
+
+
+def _check_history(history, task, step, where) -> dict:
+    """A training checkpoint's history (_History.state()) checked field by field; its
+    evaluations must be those of the task and at steps <= the checkpoint's step."""
+    _check_record(history, {"curve": "list", "best": "num?", "best_within": "num?",
+                            "steps_to_target": "int?", "window": "list",
+                            "train_seconds": "time", "wall_seconds": "time"}, where)
+    metrics = ("test_mse", "test_within") if task in ("adding", "multiply") else \
+        ("test_loss", "test_accuracy")
+    kinds = {"step": "int", "train_loss": "num?", **{k: "num" for k in metrics}}
+    for i, point in enumerate(history["curve"]):
+        _check_record(point, kinds, f"{where}: curve[{i}]")
+        if point["step"] > step:
+            raise ValueError(f"{where}: curve[{i}] is at step {point['step']}, after the "
+                             f"checkpoint's step {step}")
+    for i, v in enumerate(history["window"]):
+        if not _kind_ok("num", v):
+            raise ValueError(f"{where}: window[{i}] must be a number, got {v!r}")
+    return history
+
+
 def save_checkpoint(path, params, velocity, step, config, rng, history=None):
     """Write a checkpoint .npz (format "nprnn-ref-checkpoint/1"), atomically.
 
     Keys: W_hx, W_hh, b_h, W_yh, b_y; velocity_<name> for each (zeros when velocity is
     None, which sgd_step treats identically); step (0-d int64); config (0-d str, JSON with
-    at least CHECKPOINT_CONFIG_KEYS); rng_state (0-d str, JSON of rng.bit_generator.state);
+    the keys CHECKPOINT_CONFIG_KEYS and optionally CHECKPOINT_CONFIG_OPTIONAL, checked as
+    load_checkpoint checks them); rng_state (0-d str, JSON of rng.bit_generator.state);
     format (0-d str); and, when given, history (0-d str, JSON: the run's evaluations so
     far, which a resumed run continues). Everything loads with allow_pickle=False.
     """
+    path = _path_arg("path", path)
+    if os.path.isdir(path):
+        raise ValueError(f"path {path} is a folder, not a checkpoint file")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise FileNotFoundError(f"cannot write the checkpoint {path}: its folder does not "
+                                "exist")
     nr.check_params(params)
     step = nr._check_size("step", step, minimum=0)
     if not isinstance(config, dict):
         raise TypeError(f"config must be a dict, got {type(config).__name__}")
-    missing = [k for k in CHECKPOINT_CONFIG_KEYS if k not in config]
-    if missing:
-        raise ValueError(f"config is missing {', '.join(missing)}")
+    try:
+        config_json = json.dumps(config, sort_keys=True)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"config must hold JSON values only ({e})") from None
+    c = _check_checkpoint_config(json.loads(config_json), params, "config")
     if not isinstance(rng, np.random.Generator):
         raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-    if history is not None and not isinstance(history, dict):
-        raise TypeError(f"history must be a dict or None, got {type(history).__name__}")
+    if history is not None:
+        if not isinstance(history, dict):
+            raise TypeError(f"history must be a dict or None, got {type(history).__name__}")
+        try:
+            history_json = json.dumps(history)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"history must hold JSON values only ({e})") from None
+        _check_history(json.loads(history_json), c["task"], step, "history")
+    if velocity is not None and not isinstance(velocity, dict):
+        raise TypeError(f"velocity must be a dict of arrays or None, got "
+                        f"{type(velocity).__name__}")
     arrays = {k: params[k] for k in nr.PARAM_NAMES}
     for k in nr.PARAM_NAMES:
-        v = np.zeros_like(params[k]) if velocity is None else velocity[k]
-        if v.shape != params[k].shape or v.dtype != params[k].dtype:
-            raise ValueError(f"velocity[{k!r}] must have shape {params[k].shape} and dtype "
-                             f"{params[k].dtype.name}, got {v.shape} {v.dtype.name}")
+        v = np.zeros_like(params[k]) if velocity is None else velocity.get(k)
+        if not isinstance(v, np.ndarray) or v.shape != params[k].shape or \
+                v.dtype != params[k].dtype:
+            got = (f"{v.shape} {v.dtype.name}" if isinstance(v, np.ndarray) else
+                   type(v).__name__)
+            raise ValueError(f"velocity[{k!r}] must be an array of shape {params[k].shape} "
+                             f"and dtype {params[k].dtype.name}, got {got}")
+        nr._check_finite(f"velocity[{k!r}]", v)
         arrays["velocity_" + k] = v
     arrays["step"] = np.array(step, dtype=np.int64)
-    arrays["config"] = np.array(json.dumps(config, sort_keys=True))
+    arrays["config"] = np.array(config_json)
     arrays["rng_state"] = np.array(json.dumps(rng.bit_generator.state))
     arrays["format"] = np.array(CHECKPOINT_FORMAT)
     if history is not None:
-        arrays["history"] = np.array(json.dumps(history))
-    path = os.fspath(path)
-    tmp = f"{path}.{os.getpid()}.partial"
-    with open(tmp, "wb") as f:
+        arrays["history"] = np.array(history_json)
+    with _atomic_file(path, "wb") as f:                  # a unique temporary file
         np.savez(f, **arrays)
-    os.replace(tmp, path)
 
 
 _CHECKPOINT_ARRAYS = (list(nr.PARAM_NAMES) + ["velocity_" + k for k in nr.PARAM_NAMES]
@@ -514,28 +960,22 @@ _CHECKPOINT_ARRAYS = (list(nr.PARAM_NAMES) + ["velocity_" + k for k in nr.PARAM_
 
 
 def _read_checkpoint_arrays(path, bad):
-    """The arrays of a checkpoint file (history too, when present), format checked."""
-    import zipfile
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if not hasattr(z, "files"):
-                raise ValueError(f"{bad}: it holds a single array, not a .npz archive")
-            if "format" not in z.files:
-                raise ValueError(f"{bad}: no 'format' entry (keys: {', '.join(z.files)})")
-            fmt = z["format"]
-            if fmt.shape != () or fmt.dtype.kind != "U" or str(fmt) != CHECKPOINT_FORMAT:
-                got = repr(str(fmt)) if fmt.shape == () else f"an array of shape {fmt.shape}"
-                raise ValueError(f"{bad}: format must be {CHECKPOINT_FORMAT!r}, got {got}")
-            missing = [k for k in _CHECKPOINT_ARRAYS if k not in z.files]
-            if missing:
-                raise ValueError(f"{bad}: missing {', '.join(missing)}")
-            return {k: z[k] for k in _CHECKPOINT_ARRAYS + ["history"] if k in z.files}
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{bad}: damaged or unreadable .npz ({e})") from None
-    except ValueError as e:
-        if str(e).startswith(path):
-            raise
-        raise ValueError(f"{bad}: damaged or unreadable .npz ({e})") from None
+    """The arrays of a checkpoint file (history too, when present), format checked, and
+    no entry the format does not have."""
+    files, a = _read_npz(path, bad)
+    if "format" not in files:
+        raise ValueError(f"{bad}: no 'format' entry (keys: {', '.join(files) or 'none'})")
+    fmt = a["format"]
+    if fmt.shape != () or fmt.dtype.kind != "U" or str(fmt) != CHECKPOINT_FORMAT:
+        got = repr(str(fmt)) if fmt.shape == () else f"an array of shape {fmt.shape}"
+        raise ValueError(f"{bad}: format must be {CHECKPOINT_FORMAT!r}, got {got}")
+    missing = [k for k in _CHECKPOINT_ARRAYS if k not in files]
+    if missing:
+        raise ValueError(f"{bad}: missing {', '.join(missing)}")
+    unknown = [k for k in files if k not in _CHECKPOINT_ARRAYS + ["format", "history"]]
+    if unknown:
+        raise ValueError(f"{bad}: unknown entries {', '.join(map(repr, unknown))}")
+    return {k: a[k] for k in _CHECKPOINT_ARRAYS + ["history"] if k in files}
 
 
 def _json_entry(a, key, bad):
@@ -555,7 +995,7 @@ def _rng_from_state(state, bad):
             raise ValueError(state["bit_generator"])
         bg = bitgen()
         bg.state = state
-    except (KeyError, TypeError, ValueError, AttributeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as e:
         raise ValueError(f"{bad}: rng_state is not a numpy bit generator state ({e!r})") \
             from None
     return np.random.Generator(bg)
@@ -565,11 +1005,13 @@ def load_checkpoint(path):
     """Read and validate a checkpoint written by save_checkpoint (allow_pickle=False).
 
     Returns dict(params=..., velocity=..., step=int, config=dict, rng=np.random.Generator
-    in the saved state, history=dict or None). A damaged or foreign file raises
-    ValueError saying what is wrong.
+    in the saved state, history=dict or None). Every entry is checked: the arrays, and
+    every field of the config (against the parameters too) and of the history. A missing
+    file raises FileNotFoundError; a damaged or foreign file ValueError naming the file
+    and what is wrong.
     """
-    path = os.fspath(path)
-    if not os.path.isfile(path):
+    path = _path_arg("path", path)
+    if not os.path.exists(path):
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     bad = f"{path} is not an nprnn-ref checkpoint"
     a = _read_checkpoint_arrays(path, bad)
@@ -591,14 +1033,10 @@ def load_checkpoint(path):
     if step.shape != () or step.dtype.kind not in "iu" or int(step) < 0:
         raise ValueError(f"{bad}: step must be a 0-d integer >= 0, got {step!r}")
     config = _json_entry(a, "config", bad)
-    if not isinstance(config, dict):
-        raise ValueError(f"{bad}: config must be a JSON object, got {config!r}")
-    missing = [k for k in CHECKPOINT_CONFIG_KEYS if k not in config]
-    if missing:
-        raise ValueError(f"{bad}: config is missing {', '.join(missing)}")
+    task = _check_checkpoint_config(config, params, f"{path}: config")["task"]
     history = _json_entry(a, "history", bad) if "history" in a else None
-    if history is not None and not isinstance(history, dict):
-        raise ValueError(f"{bad}: history must be a JSON object, got {type(history).__name__}")
+    if history is not None:
+        _check_history(history, task, int(step), f"{path}: history")
     return {"params": params, "velocity": velocity, "step": int(step), "config": config,
             "rng": _rng_from_state(_json_entry(a, "rng_state", bad), bad),
             "history": history}
@@ -637,6 +1075,9 @@ def _saved_config(config: dict) -> dict:
     if c.get("task") == "mnist":
         c.update(task="pixel", dataset=c.get("dataset", "mnist"))
     c.setdefault("inputs", "scheme")
+    c.setdefault("permuted", False)               # what the versions without it trained
+    c.setdefault("train_size", None)
+    c.setdefault("dataset", None)
     return c
 
 
@@ -649,10 +1090,13 @@ def _start(cfg: RunConfig, task: _Task, ck_cfg: dict, total: int):
         return params, None, 0, np.random.default_rng([cfg.seed, 1]), None
     ck = load_checkpoint(cfg.resume)
     saved = _saved_config(ck["config"])
-    for k in CHECKPOINT_CONFIG_KEYS + ("dataset", "inputs"):
+    for k in CHECKPOINT_CONFIG_KEYS + CHECKPOINT_CONFIG_OPTIONAL:
         if k in ck_cfg and saved.get(k) != ck_cfg[k]:
             raise ValueError(f"checkpoint {cfg.resume} has {k}={saved.get(k)!r} but this "
                              f"run has {k}={ck_cfg[k]!r}")
+    if ck["params"]["W_hh"].dtype != np.float64:
+        raise ValueError(f"checkpoint {cfg.resume} holds {ck['params']['W_hh'].dtype.name} "
+                         "parameters; runs train in float64")
     if ck["step"] > total:
         raise ValueError(f"checkpoint {cfg.resume} is at step {ck['step']}, beyond the "
                          f"{total} steps asked for")
@@ -731,15 +1175,16 @@ def train_run(cfg: RunConfig, report=None, report_every=0.5):
         for step in range(start + 1, total + 1):
             t0 = time.perf_counter()
             x, target = task.batch_for(rng, step - 1, cfg.batch)
-            L, grads = nr.loss_and_grads(params, x, target, loss=task.loss, output="last",
-                                         nonlinearity=nonlin)
-            if not np.isfinite(L):
+            try:                                   # an overflow is a divergence, measured
+                L, grads = nr.loss_and_grads(params, x, target, loss=task.loss,
+                                             output="last", nonlinearity=nonlin)
+                if cfg.clip:
+                    grads, _ = nr.clip_grads(grads, cfg.clip)
+                params_new, velocity = nr.sgd_step(params, grads, velocity, cfg.lr,
+                                                   cfg.momentum)
+            except nr.NonFiniteError:
                 diverged_at = step
                 break
-            if cfg.clip:
-                grads, _ = nr.clip_grads(grads, cfg.clip)
-            params_new, velocity = nr.sgd_step(params, grads, velocity, cfg.lr,
-                                               cfg.momentum)
             if not _all_finite(params_new.values()):
                 diverged_at = step
                 break
@@ -914,6 +1359,42 @@ class Progress:
                  else "") + f", {record['wall_seconds']:.0f} s", file=self.stream, flush=True)
 
 
+# A worker must not outlive the process that started it: after a `kill -9` of the parent,
+# workers left running would go on rewriting checkpoints and run folders that a new
+# process (which finds their locks gone) may be writing too. On Linux the kernel kills
+# the worker when its parent dies (prctl PR_SET_PDEATHSIG); everywhere, a thread of the
+# worker checks once a second that its parent is still the one that started it (its
+# parent pid, which changes when an orphan is adopted on POSIX systems, and the parent's
+# process sentinel, which multiprocessing keeps on every system, Windows included).
+PR_SET_PDEATHSIG = 1                    # from <linux/prctl.h>
+PARENT_POLL_SECONDS = 1.0
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Initializer of worker processes: end this process when ``parent_pid`` ends."""
+    import multiprocessing
+    import signal
+    import threading
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        except (OSError, AttributeError):
+            pass                                    # the watchdog below still works
+    if os.getppid() != parent_pid:                  # it died before the prctl took hold
+        os._exit(1)
+
+    parent = multiprocessing.parent_process()       # None when not started by it
+
+    def watch():
+        while True:
+            time.sleep(PARENT_POLL_SECONDS)
+            if os.getppid() != parent_pid or (parent is not None and not parent.is_alive()):
+                os._exit(1)
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
 def _worker(fn, cfg, queue):
     """Entry point of a worker process (spawned, BLAS threads set in its environment)."""
     return fn(cfg, report=queue.put)
@@ -937,20 +1418,24 @@ def run_many(cfgs, jobs=2, threads=1, progress=None, fn=None, label=None):
                 results[i] = fn(cfg, report=progress.update if progress else None)
                 if progress:
                     progress.done(label(cfg), results[i][0])
-            except (ValueError, TypeError, OSError, ImportError) as e:
+            except Exception as e:  # a failed run must not stop the others
                 results[i] = (cfg, f"{type(e).__name__}: {e}")
                 if progress:
                     progress.done(label(cfg), error=results[i][1])
         return results
     import concurrent.futures as cf
     import multiprocessing as mp
+    import multiprocessing.managers  # noqa: F401 (mp.managers)
     import queue as queue_mod
     ctx = mp.get_context("spawn")
     saved = {v: os.environ.get(v) for v in _BLAS_VARS}
     os.environ.update({v: str(threads) for v in _BLAS_VARS})
+    manager = mp.managers.SyncManager(ctx=ctx)
     try:
-        with ctx.Manager() as manager, cf.ProcessPoolExecutor(
-                max_workers=jobs, mp_context=ctx) as pool:
+        manager.start(_die_with_parent, (os.getpid(),))    # its server process, too
+        with manager, cf.ProcessPoolExecutor(
+                max_workers=jobs, mp_context=ctx, initializer=_die_with_parent,
+                initargs=(os.getpid(),)) as pool:
             q = manager.Queue()
             futs = {pool.submit(_worker, fn, cfg, q): i for i, cfg in enumerate(cfgs)}
             pending = set(futs)
@@ -999,6 +1484,8 @@ EXPERIMENT_RUN_FORMAT = "nprnn-ref-experiment-run/1"
 def run_name(cfg: RunConfig) -> str:
     """A run's name, unique within a job: task, length or data set, scheme, seed, and
     lr and clip for the cells of a sweep."""
+    if not isinstance(cfg, RunConfig):
+        raise TypeError(f"cfg must be a RunConfig, got {type(cfg).__name__}")
     what = {"pixel": f"pixel-{cfg.dataset}", "digits": "digits"}.get(
         cfg.task, f"{cfg.task}-T{cfg.seq_len}")
     name = f"{what}-{cfg.scheme}-seed{cfg.seed}"
@@ -1010,6 +1497,12 @@ def run_name(cfg: RunConfig) -> str:
 def shard_indices(names, shard) -> list:
     """The positions (in job order) of the runs of shard (i, n): those at i, i + n, ... of
     the job's canonical (name-sorted) order. Duplicate names are refused."""
+    if not isinstance(names, (list, tuple)) or not all(isinstance(n, str) for n in names):
+        raise TypeError(f"names must be a list of run names (str), got "
+                        f"{type(names).__name__} {names!r}"[:200])
+    if not isinstance(shard, (list, tuple)) or len(shard) != 2 or \
+            not all(_is_int(v) for v in shard):
+        raise TypeError(f"shard must be a pair (i, n) of integers, got {shard!r}"[:200])
     dup = sorted({n for n in names if names.count(n) > 1})
     if dup:
         raise ValueError(f"the job has duplicate runs: {', '.join(dup)}")
@@ -1021,42 +1514,46 @@ def shard_indices(names, shard) -> list:
     return [k for k in range(len(names)) if k in chosen]
 
 
-def write_job_file(root, kind, command, names, settings) -> str:
+def write_job_file(root, kind, command, names, settings, replace=False,
+                   check_only=False) -> str:
     """ROOT/job-<hash>.json: the job's kind ("experiment" or "paper"), command, run names
-    in job order and settings. Every shard writes the same file; a different one with
-    the same runs is refused."""
+    in job order and settings. Every shard writes the same file (atomically, so shards
+    writing it at once do not collide); a different one with the same runs is refused
+    (ValueError) unless ``replace``. ``check_only``: refuse, but write nothing."""
     job = {"format": JOB_FORMAT, "kind": kind, "command": command, "runs": list(names),
            "settings": _json_safe(settings)}
     text = json.dumps(job, indent=1, sort_keys=True, allow_nan=False) + "\n"
     digest = hashlib.sha256(json.dumps(job["runs"]).encode()).hexdigest()[:12]
     path = os.path.join(root, f"job-{digest}.json")
-    os.makedirs(root, exist_ok=True)
-    if os.path.exists(path):
-        with open(path) as f:
-            if f.read() != text:
-                raise ValueError(f"{path} describes the same runs with other settings; "
-                                 "choose another output root")
+    if os.path.lexists(path):
+        try:
+            with open(path) as f:
+                same = f.read() == text
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"{path}: not a readable job file ({e})") from None
+        if same:
+            return path
+        if not replace:
+            raise ValueError(f"{path} describes the same runs with other settings; "
+                             "choose another output root")
+    if check_only:
         return path
-    tmp = f"{path}.{os.getpid()}.partial"
-    with open(tmp, "w") as f:
+    os.makedirs(root, exist_ok=True)
+    with _atomic_file(path) as f:
         f.write(text)
-    os.replace(tmp, path)
     return path
 
 
 def write_experiment_run(root, cfg: RunConfig, record, curve) -> str:
     """ROOT/<run name>/result.json: the configuration, the record and the curve of one
-    finished run of an experiment command (strict JSON)."""
+    finished run of an experiment command (strict JSON, written atomically)."""
     folder = os.path.join(root, run_name(cfg))
     os.makedirs(folder, exist_ok=True)
     doc = {"format": EXPERIMENT_RUN_FORMAT, "name": run_name(cfg),
            "config": dataclasses.asdict(cfg), "record": record, "curve": curve}
-    path = os.path.join(folder, "result.json")
-    tmp = f"{path}.{os.getpid()}.partial"
-    with open(tmp, "w") as f:
+    with _atomic_file(os.path.join(folder, "result.json")) as f:
         json.dump(_json_safe(doc), f, indent=1, allow_nan=False)
         f.write("\n")
-    os.replace(tmp, path)
     return folder
 
 
@@ -1087,6 +1584,11 @@ def collect_job(roots) -> dict:
                 job = _read_json(path)
                 if not isinstance(job, dict) or job.get("format") != JOB_FORMAT:
                     raise ValueError(f"{path}: format must be {JOB_FORMAT!r}")
+                if job.get("kind") not in ("experiment", "paper") or not (
+                        isinstance(job.get("runs"), list)
+                        and all(isinstance(n, str) for n in job["runs"])):
+                    raise ValueError(f"{path}: a job file needs a kind (experiment or "
+                                     "paper) and a list of run names")
                 if job not in jobs:
                     jobs.append(job)
             elif os.path.isdir(path):
@@ -1119,10 +1621,16 @@ def _read_run_entry(folder):
         doc = _read_json(os.path.join(folder, "result.json"))
         if not isinstance(doc, dict) or doc.get("format") != EXPERIMENT_RUN_FORMAT:
             raise ValueError(f"{folder}/result.json: format must be {EXPERIMENT_RUN_FORMAT!r}")
+        if not (isinstance(doc.get("name"), str) and isinstance(doc.get("record"), dict)
+                and isinstance(doc.get("curve"), list)):
+            raise ValueError(f"{folder}/result.json: it needs a name, a record and a curve")
         return {"name": doc["name"], "folder": folder, "done": True, "record": doc["record"],
                 "curve": doc["curve"]}
     if os.path.isfile(os.path.join(folder, "run.json")):
         spec, _, summary = read_run_folder(folder)
+        if summary is not None and not (isinstance(summary, dict)
+                                        and isinstance(summary.get("status"), str)):
+            raise ValueError(f"{folder}/summary.json: not the summary of a run (no status)")
         done = summary is not None and summary["status"] != "paused"
         return {"name": spec.name, "folder": folder, "done": done, "summary": summary,
                 "spec": spec}
@@ -1192,9 +1700,36 @@ class PaperRun:
         if not isinstance(d, dict) or set(d) - fields or \
                 {f.name for f in dataclasses.fields(cls) if f.default is
                  dataclasses.MISSING} - set(d):
+            got = sorted(d, key=str) if isinstance(d, dict) else type(d).__name__
             raise ValueError(f"{source}: spec must have the fields {sorted(fields)}, got "
-                             f"{sorted(d) if isinstance(d, dict) else type(d).__name__}")
+                             f"{got}")
+        where = f"{source}: spec"
+        _check_record(d, _SPEC_KINDS, where, optional=("dataset", "data"))
+        for k, names in (("task", PAPER_TASKS), ("scheme", tuple(nr.SCHEMES)),
+                         ("inputs", tuple(nr.INPUT_RECIPES)),
+                         ("optimizer", ("sgd", "rmsprop"))):
+            if d[k] not in names:
+                raise ValueError(f"{where}: {k} must be one of {', '.join(names)}, "
+                                 f"got {d[k]!r}")
+        if not all(_is_int(e) for e in d["cool_epochs"]):
+            raise ValueError(f"{where}: cool_epochs must be a list of integers, got "
+                             f"{d['cool_epochs']!r}")
+        pixel = d["task"] == "pixel"
+        if pixel and d.get("dataset") not in PIXEL_DATASETS or not pixel and (
+                d.get("dataset") is not None or d.get("data") is not None):
+            raise ValueError(f"{where}: dataset must be " + (
+                f"one of {', '.join(PIXEL_DATASETS)}" if pixel else
+                "null, and data null (only the pixel task reads files)") +
+                f", got dataset={d.get('dataset')!r}, data={d.get('data')!r}")
         return cls(**dict(d, cool_epochs=tuple(d["cool_epochs"])))
+
+
+# The kinds of a spec's fields in run.json (see _check_record).
+_SPEC_KINDS = {"task": "str", "scheme": "str", "seed": "int", "seq_len": "int",
+               "hidden": "int", "inputs": "str", "optimizer": "str", "lr": "num",
+               "cool_factor": "num", "cool_epochs": "list", "clip": "num?", "batch": "int",
+               "epochs": "int", "train_size": "int", "test_size": "int", "eval_every": "int",
+               "dataset": "str?", "data": "str?"}
 
 
 # The paper's settings (Talathi and Vartak, arXiv 1511.03771v3, sections 3 and 4).
@@ -1252,11 +1787,12 @@ def paper_run(task, scheme, seed, *, dataset=None, data=None, inputs="paper", hi
     if task == "pixel" and scheme == "irnn":
         d.update(PIXEL_IRNN)
     d.update({k: v for k, v in overrides.items() if v is not None})
-    if d.get("clip") == "none":                       # an explicit "no clipping"
+    if isinstance(d.get("clip"), str) and d["clip"] == "none":   # explicit "no clipping"
         d["clip"] = None
     unknown = set(d) - {f.name for f in dataclasses.fields(PaperRun)}
     if unknown:
         raise TypeError(f"paper_run got unknown settings {sorted(unknown)}")
+    nr._check_size("seq_len", d["seq_len"], minimum=2)
     if task == "pixel":
         nr._check_choice("dataset", dataset, tuple(PIXEL_DATASETS))
         if d["seq_len"] != 784:
@@ -1267,10 +1803,35 @@ def paper_run(task, scheme, seed, *, dataset=None, data=None, inputs="paper", hi
         nr._check_size("batch", d["batch"])
         nr._check_size("train_size", d["train_size"])
         d["eval_every"] = max(1, d["train_size"] // d["batch"])
+    if data is not None and not isinstance(data, str):
+        raise TypeError(f"data must be None or a path (str), got {type(data).__name__}")
+    if not isinstance(d["cool_epochs"], (list, tuple)):
+        raise TypeError(f"cool_epochs must be a list or tuple of epochs, got "
+                        f"{type(d['cool_epochs']).__name__}")
+    d["cool_epochs"] = tuple(d["cool_epochs"])
+    for k in ("lr", "cool_factor", "clip"):
+        if _is_int(d[k]) and not _finite(d[k]):
+            raise ValueError(f"{k} must be a finite number, got an integer of "
+                             f"{len(str(d[k]))} digits")
     spec = PaperRun(task=task, scheme=scheme, seed=seed, hidden=hidden, inputs=inputs,
                     dataset=dataset, data=data, **d)
     _check_paper_run(spec)
+    check_memory(f"the run {spec.name}", paper_memory(spec))
     return spec
+
+
+def paper_memory(spec: PaperRun) -> dict:
+    """The big arrays of a paper run, in bytes (see run_memory): the adding and
+    multiplication problems' fixed training set (values (n, T) and their transpose while
+    it is built, the markers and targets) and the test draws; the pixel task's images are
+    read from files (its test set is counted by run_memory)."""
+    D, O = TASK_SIZES[spec.task]
+    T, n = spec.seq_len, spec.train_size
+    parts = run_memory(T, spec.batch, spec.hidden, D, O, spec.test_size)
+    if spec.task != "pixel":
+        parts[f"the training set (train_size={n} x seq_len T={T}) and the test draws"] = \
+            8 * (n * (2 * T + 3) + T * spec.test_size)
+    return parts
 
 
 def paper_departures(spec: PaperRun) -> list:
@@ -1323,6 +1884,15 @@ def _code_version():
 
 # --- Data of a run: drawn once from the seed (adding, multiply) or read (pixel) ---------
 
+def _check_image_sizes(spec, d):
+    """A pixel run's train_size and test_size against the images ``d`` it reads."""
+    if spec.train_size > len(d["y_train"]) or spec.test_size > len(d["y_test"]):
+        raise ValueError(
+            f"{spec.dataset} at {d['source']} has {len(d['y_train'])} training and "
+            f"{len(d['y_test'])} test images, fewer than train_size="
+            f"{spec.train_size} or test_size={spec.test_size}")
+
+
 class _FixedData:
     """A run's training and test set. Training batches: epoch e visits the training set in
     the order of a permutation seeded by (seed, 3, e), batch k of the epoch taking
@@ -1331,6 +1901,7 @@ class _FixedData:
     def __init__(self, spec: PaperRun):
         self.spec = spec
         self.regression = spec.task != "pixel"
+        check_memory(f"the run {spec.name}", paper_memory(spec))
         if self.regression:
             # Training set from stream (seed, 1), test set from (seed, 2): the same for
             # every network of a seed. Training values are kept per sequence (n, T).
@@ -1351,11 +1922,7 @@ class _FixedData:
             self.n_in, self.n_out, self.loss = 2, 1, "mse"
         else:
             d = load_pixel_dataset(spec.dataset, spec.data)
-            if spec.train_size > len(d["y_train"]) or spec.test_size > len(d["y_test"]):
-                raise ValueError(
-                    f"{spec.dataset} at {d['source']} has {len(d['y_train'])} training and "
-                    f"{len(d['y_test'])} test images, fewer than train_size="
-                    f"{spec.train_size} or test_size={spec.test_size}")
+            _check_image_sizes(spec, d)
             self.x_train = d["x_train"][:spec.train_size]
             self.y_train = d["y_train"][:spec.train_size]
             self.x_test = pixel_sequences(d["x_test"][:spec.test_size])  # (784, n, 1)
@@ -1392,8 +1959,14 @@ def _evaluate_fixed(params, data, nonlinearity, max_elems=4_000_000):
     chunk = max(1, min(n, max_elems // (T * H)))
     ys = []
     for i in range(0, n, chunk):
-        h, _ = nr.forward(params, data.x_test[:, i:i + chunk], nonlinearity=nonlinearity)
-        ys.append(nr.readout(params, h, "last"))                        # (b, O)
+        try:
+            h, _ = nr.forward(params, data.x_test[:, i:i + chunk], nonlinearity=nonlinearity)
+            ys.append(nr.readout(params, h, "last"))                    # (b, O)
+        except nr.NonFiniteError:           # states or read-out overflowed: the worst score
+            if data.regression:
+                return {"mse": math.inf, "within": 0.0, "correct": 0}
+            return {"loss": math.inf, "accuracy": 0.0, "correct": 0,
+                    "pred": np.full(n, -1)}
     y = np.concatenate(ys)                                               # (n, O)
     if data.regression:
         err = y - data.y_test
@@ -1444,40 +2017,96 @@ def _save_run_checkpoint(folder, spec, params, opt_state, update, history, pendi
                   history=np.array(json.dumps(history)),
                   spec=np.array(json.dumps(spec.to_json(), sort_keys=True)),
                   format=np.array(RUN_CHECKPOINT_FORMAT))
-    path = os.path.join(folder, "checkpoint.npz")
-    tmp = f"{path}.{os.getpid()}.partial"
-    with open(tmp, "wb") as f:
+    with _atomic_file(os.path.join(folder, "checkpoint.npz"), "wb") as f:
         np.savez(f, **arrays)
-    os.replace(tmp, path)
+
+
+_RUN_CHECKPOINT_ARRAYS = (list(nr.PARAM_NAMES) + ["opt_" + k for k in nr.PARAM_NAMES]
+                          + ["update", "opt_state_set", "pending_losses", "history", "spec",
+                             "format"])
+
+
+def _check_paper_history(history, spec, update, where) -> dict:
+    """A run checkpoint's history (_new_history, _record_eval) checked field by field;
+    its evaluations must be those of the task and at updates <= the checkpoint's."""
+    _check_record(history, {"curve": "list", "best_metric": "num?", "best_mse": "num?",
+                            "best_loss": "num?", "first_update_above": "dict",
+                            "train_seconds": "time", "wall_seconds": "time", "parts": "int",
+                            "diverged_at": "int?", "init_spectral_radius": "num"}, where)
+    _check_record(history["first_update_above"], {str(t): "int?" for t in PAPER_THRESHOLDS},
+                  f"{where}: first_update_above")
+    metrics = ("test_loss", "test_accuracy") if spec.task == "pixel" else \
+        ("test_mse", "test_within")
+    kinds = {"update": "int", "epoch": "num", "lr": "num", "train_loss": "num?",
+             **{k: "num" for k in metrics}, "test_correct": "int"}
+    for i, point in enumerate(history["curve"]):
+        _check_record(point, kinds, f"{where}: curve[{i}]")
+        if point["update"] > update:
+            raise ValueError(f"{where}: curve[{i}] is at update {point['update']}, after "
+                             f"the checkpoint's update {update}")
+    return history
 
 
 def _load_run_checkpoint(folder, spec):
-    """The state saved by _save_run_checkpoint, checked against spec."""
+    """The state saved by _save_run_checkpoint, every entry checked, and checked against
+    spec: (params, optimiser state or None, next update, history, pending losses)."""
     path = os.path.join(folder, "checkpoint.npz")
     bad = f"{path} is not a checkpoint of this run"
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if "format" not in z.files or str(z["format"]) != RUN_CHECKPOINT_FORMAT:
-                raise ValueError(f"{bad}: format must be {RUN_CHECKPOINT_FORMAT!r}")
-            a = {k: z[k] for k in z.files}
-    except (OSError, EOFError, zipfile.BadZipFile) as e:
-        raise ValueError(f"{bad}: damaged or unreadable .npz ({e})") from None
-    if json.loads(str(a["spec"])) != spec.to_json():
+    files, a = _read_npz(path, bad)
+    fmt = a.get("format")
+    if fmt is None or fmt.shape != () or fmt.dtype.kind != "U" or \
+            str(fmt) != RUN_CHECKPOINT_FORMAT:
+        raise ValueError(f"{bad}: format must be {RUN_CHECKPOINT_FORMAT!r}")
+    missing = [k for k in _RUN_CHECKPOINT_ARRAYS if k not in files]
+    unknown = [k for k in files if k not in _RUN_CHECKPOINT_ARRAYS]
+    if missing or unknown:
+        raise ValueError(f"{bad}: " + "; ".join(
+            ([f"missing {', '.join(missing)}"] if missing else []) +
+            ([f"unknown entries {', '.join(map(repr, unknown))}"] if unknown else [])))
+    if _json_entry(a, "spec", bad) != spec.to_json():
         raise ValueError(f"{bad}: its spec differs from run.json")
     params = {k: a[k] for k in nr.PARAM_NAMES}
-    nr.check_params(params)
-    opt_state = {k: a["opt_" + k] for k in nr.PARAM_NAMES} if bool(a["opt_state_set"]) \
-        else None
-    return (params, opt_state, int(a["update"]), json.loads(str(a["history"])),
-            [float(v) for v in a["pending_losses"]])
+    try:
+        H, D, O, dtype = nr.check_params(params)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{bad}: bad parameters: {e}") from None
+    want = TASK_SIZES[spec.task]
+    if (H, D, O, dtype) != (spec.hidden, *want, np.float64):
+        raise ValueError(f"{bad}: the run has hidden={spec.hidden}, D={want[0]}, "
+                         f"O={want[1]} in float64; the parameters give hidden={H}, D={D}, "
+                         f"O={O} in {dtype.name}")
+    flag = a["opt_state_set"]
+    if flag.shape != () or flag.dtype != np.bool_:
+        raise ValueError(f"{bad}: opt_state_set must be a 0-d bool, got {flag!r}")
+    for k in nr.PARAM_NAMES:
+        v = a["opt_" + k]
+        rms = spec.optimizer == "rmsprop"
+        if v.shape != params[k].shape or v.dtype != np.float64 or \
+                not np.all(np.isfinite(v)) or (rms and np.any(v < 0)):
+            raise ValueError(f"{bad}: opt_{k} must be finite with shape {params[k].shape} "
+                             "and dtype float64" + (", and >= 0 (RMSprop's running "
+                                                    "averages of squares)" if rms else "")
+                             + f", got {v.shape} {v.dtype.name}")
+    update = a["update"]
+    if update.shape != () or update.dtype.kind not in "iu" or \
+            not 0 <= int(update) <= spec.total_updates:
+        raise ValueError(f"{bad}: update must be a 0-d integer in 0..{spec.total_updates}, "
+                         f"got {update!r}")
+    pending = a["pending_losses"]
+    if pending.ndim != 1 or pending.dtype != np.float64 or not np.all(np.isfinite(pending)):
+        raise ValueError(f"{bad}: pending_losses must be a 1-d array of finite float64 "
+                         f"losses, got shape {pending.shape} dtype {pending.dtype.name}")
+    history = _check_paper_history(_json_entry(a, "history", bad), spec, int(update),
+                                   f"{path}: history")
+    opt_state = {k: a["opt_" + k] for k in nr.PARAM_NAMES} if bool(flag) else None
+    return params, opt_state, int(update), history, [float(v) for v in pending]
 
 
 def _write_curves_csv(folder, spec, history):
     import csv
     rows = history["curve"]
     fields = list(dict.fromkeys(k for r in rows for k in r))
-    tmp = os.path.join(folder, f"curves.csv.{os.getpid()}.partial")
-    with open(tmp, "w", newline="") as f:
+    with _atomic_file(os.path.join(folder, "curves.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["run", "task", "scheme", "seed", "seq_len"] + fields,
                            restval="")
         w.writeheader()
@@ -1485,7 +2114,6 @@ def _write_curves_csv(folder, spec, history):
             w.writerow({"run": spec.name, "task": spec.task, "scheme": spec.scheme,
                         "seed": spec.seed, "seq_len": spec.seq_len,
                         **{k: ("" if v is None else v) for k, v in r.items()}})
-    os.replace(tmp, os.path.join(folder, "curves.csv"))
 
 
 def _json_safe(v):
@@ -1534,38 +2162,101 @@ def run_summary(spec: PaperRun, history: dict, status: str, extra=None, done=Non
 
 def create_run_folder(root, spec: PaperRun, choices=()) -> str:
     """Write ROOT/<spec.name>/run.json (the spec, the code's commit and version, the
-    choices made where the paper is silent). Refuses a folder that exists."""
+    choices made where the paper is silent). Refuses (FileExistsError) a folder that
+    exists: creating it is how a run claims its name, even against another process."""
     folder = os.path.join(root, spec.name)
-    if os.path.exists(folder):
+    if os.path.lexists(folder):
         raise FileExistsError(f"run folder {folder} already exists")
-    os.makedirs(folder)
+    os.makedirs(root, exist_ok=True)
+    try:
+        os.mkdir(folder)
+    except FileExistsError:
+        raise FileExistsError(f"run folder {folder} already exists") from None
     commit, dirty = _code_version()
     meta = {"format": RUN_FORMAT, "spec": spec.to_json(), "commit": commit, "dirty": dirty,
             "numpy": np.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "choices": list(choices)}
-    with open(os.path.join(folder, "run.json"), "w") as f:
+    with _atomic_file(os.path.join(folder, "run.json")) as f:
         json.dump(meta, f, indent=1)
         f.write("\n")
     return folder
 
 
-def read_run_folder(folder) -> tuple:
-    """(spec, meta, summary or None) of a run folder."""
-    path = os.path.join(folder, "run.json")
+_META_KINDS = {"format": "str", "spec": "dict", "commit": "str?", "dirty": "bool?",
+               "numpy": "str", "created": "str", "choices": "list"}
+
+
+def _check_summary(summary, spec, where) -> dict:
+    """A summary.json (run_summary, as _finish_paper_run writes it) checked field by field
+    and against the run's spec."""
+    kinds = {"run": "str", **_SPEC_KINDS, "status": "str", "paper_name": "str",
+             "nonlinearity": "str", "updates": "int", "updates_done": "int",
+             "diverged_at": "int?", "final_metric": "num?", "best_metric": "num?",
+             "final_correct": "int?", "first_update_above_50": "int?",
+             "first_update_above_90": "int?", "init_spectral_radius": "num?",
+             "wall_seconds": "time", "train_seconds": "time", "parts": "int",
+             "updates_per_second": "num?", "steps_done": "int"}
+    if spec.task == "pixel":
+        kinds.update(final_test_accuracy="num?", final_test_loss="num?",
+                     best_test_loss="num?", per_class_accuracy="dict")
+    else:
+        kinds.update(final_test_mse="num?", best_test_mse="num?")
+    _check_record(summary, kinds, where, optional=("per_class_accuracy",))
+    for k, v in spec.to_json().items():
+        if summary[k] != v:
+            raise ValueError(f"{where}: {k}={summary[k]!r} differs from run.json's {v!r}")
+    checks = [("run", summary["run"] == spec.name, repr(spec.name)),
+              ("status", summary["status"] in ("finished", "diverged", "paused"),
+               "'finished', 'diverged' or 'paused'"),
+              ("nonlinearity", summary["nonlinearity"] == nr.SCHEMES[spec.scheme].nonlinearity,
+               repr(nr.SCHEMES[spec.scheme].nonlinearity)),
+              ("updates", summary["updates"] == spec.total_updates, str(spec.total_updates)),
+              ("updates_done", summary["updates_done"] <= spec.total_updates,
+               f"<= {spec.total_updates}")]
+    for k, ok, want in checks:
+        if not ok:
+            raise ValueError(f"{where}: {k} must be {want}, got {summary[k]!r}")
+    if "per_class_accuracy" in summary:
+        names = list(CLASS_NAMES[spec.dataset])
+        pca = summary["per_class_accuracy"]
+        if list(pca) != names or not all(_kind_ok("num?", v) for v in pca.values()):
+            raise ValueError(f"{where}: per_class_accuracy must map the classes "
+                             f"{', '.join(names)} to numbers, got {pca!r}")
+    return summary
+
+
+def _read_json_file(path):
     try:
         with open(path) as f:
-            meta = json.load(f)
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: not a readable run.json ({e})") from None
+            return json.load(f)
+    except (OSError, ValueError) as e:                 # ValueError: bad JSON or UTF-8
+        raise ValueError(f"{path}: not a readable JSON file ({e})") from None
+
+
+def read_run_folder(folder) -> tuple:
+    """(spec, meta, summary or None) of a run folder: run.json, and summary.json when the
+    run has ended, every field checked (ValueError naming the file and the field)."""
+    folder = _path_arg("folder", folder)
+    path = os.path.join(folder, "run.json")
+    try:
+        meta = _read_json_file(path)
+    except ValueError as e:
+        raise ValueError(str(e).replace("not a readable JSON file", "not a readable "
+                                        "run.json")) from None
     if not isinstance(meta, dict) or meta.get("format") != RUN_FORMAT:
         raise ValueError(f"{path}: format must be {RUN_FORMAT!r}")
-    spec = PaperRun.from_json(meta.get("spec"), path)
-    _check_paper_run(spec)
+    _check_record(meta, _META_KINDS, path)
+    if not all(isinstance(c, str) for c in meta["choices"]):
+        raise ValueError(f"{path}: choices must be a list of strings")
+    spec = PaperRun.from_json(meta["spec"], path)
+    try:
+        _check_paper_run(spec)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: spec: {e}") from None
     summary = None
     sp = os.path.join(folder, "summary.json")
     if os.path.exists(sp):
-        with open(sp) as f:
-            summary = json.load(f)
+        summary = _check_summary(_read_json_file(sp), spec, sp)
     return spec, meta, summary
 
 
@@ -1588,12 +2279,16 @@ def _paper_update(spec, data, nonlin, params, opt_state, u, lr, h0):
     # loss_and_grads without its validation, which the data and parameters of a run do
     # not need at every update: the same functions, the same numbers.
     h, cache = nr._forward(params, x, h0, nonlin)
-    L, dy = nr.loss_fn(nr._readout(params, h, "last"), target, data.loss)
+    with np.errstate(all="ignore"):
+        L, dy = nr._loss_fn(nr._readout(params, h, "last"), target, data.loss)
     if not np.isfinite(L):
         return None
     grads = nr._grads_from(dy, params, h, cache, "last")
     if spec.clip is not None:
-        grads, _ = nr.clip_grads(grads, spec.clip)
+        try:
+            grads, _ = nr.clip_grads(grads, spec.clip)
+        except nr.NonFiniteError:                # a gradient overflowed: diverged
+            return None
     dtype = params["W_hh"].dtype
     if spec.optimizer == "sgd":
         new, state = nr._sgd_update(params, grads, opt_state, lr, 0.0, dtype)
@@ -1615,11 +2310,9 @@ def _finish_paper_run(folder, spec, data, nonlin, params, history, last_m) -> di
             name: float(np.mean(m["pred"][data.y_test == c] == c))
             for c, name in enumerate(CLASS_NAMES[spec.dataset])}
     summary = run_summary(spec, history, "diverged" if diverged else "finished", extra)
-    tmp = os.path.join(folder, f"summary.json.{os.getpid()}.partial")
-    with open(tmp, "w") as f:
+    with _atomic_file(os.path.join(folder, "summary.json")) as f:
         json.dump(summary, f, indent=1, allow_nan=False)
         f.write("\n")
-    os.replace(tmp, os.path.join(folder, "summary.json"))
     return summary
 
 
@@ -2047,13 +2740,19 @@ def load_backend(spec: str):
             name = "_backend_" + os.path.splitext(os.path.basename(mod_name))[0]
             ispec = importlib.util.spec_from_file_location(name, mod_name)
             module = importlib.util.module_from_spec(ispec)
-            ispec.loader.exec_module(module)
+            sys.modules[name] = module            # as import does (dataclasses need it)
+            try:
+                ispec.loader.exec_module(module)
+            except BaseException:
+                sys.modules.pop(name, None)
+                raise
         else:
             cwd = os.getcwd()
             if cwd not in sys.path:
                 sys.path.insert(0, cwd)
             module = importlib.import_module(mod_name)
-    except Exception as e:  # noqa: BLE001  (any import-time failure is the user's to see)
+    except (Exception, SystemExit) as e:  # noqa: BLE001  (any import-time failure is the
+        # user's to see, even a module that calls sys.exit)
         raise ImportError(f"cannot import {mod_name!r} for --against {spec}: "
                           f"{type(e).__name__}: {e}") from e
     fn = getattr(module, fn_name, None)
@@ -2575,8 +3274,11 @@ def spectrum_report(schemes=ANALYSIS_SCHEMES, hidden=ANALYSIS_HIDDEN, seed=0,
         second = m[1] if m.size > 1 else float("nan")
         h0 = np.random.default_rng((seed, 2)).uniform(0.0, 1.0, size=(100, m.size))
         h0 = h0.astype(W.dtype)
-        end = nr.autonomous_trajectories(W, h0, 200)[-1]
-        decay = np.median(np.linalg.norm(end, axis=1) / np.linalg.norm(h0, axis=1))
+        try:
+            end = nr.autonomous_trajectories(W, h0, 200)[-1]
+            decay = np.median(np.linalg.norm(end, axis=1) / np.linalg.norm(h0, axis=1))
+        except nr.NonFiniteError:                # the states outgrow the dtype
+            decay = math.inf
         print(f"{label:<{w}} {m.size:>4} {str(s.symmetric):>9} {s.radius:9.4g} "
               f"{s.norm:9.4g} {second:9.4g} {np.median(m):10.4g} {m[-1]:9.4g} "
               f"{int((m > 0.9).sum()):>8} {int((m > 1.0 + 1e-12).sum()):>6} "
@@ -2661,19 +3363,19 @@ def _curve_rows(records, curves):
 def write_outputs(out, records, curves, meta):
     """curves.csv (one row per evaluation of every run) and summary.json (meta and the
     list "runs" of one record per run; strict JSON, a non-finite number written as null)
-    in the folder ``out`` (already checked)."""
+    in the folder ``out`` (already checked), each written atomically."""
     import csv
     os.makedirs(out, exist_ok=True)
     rows = list(_curve_rows(records, curves))
     fields = []
     for r in rows:
         fields += [k for k in r if k not in fields]
-    with open(os.path.join(out, "curves.csv"), "w", newline="") as f:
+    with _atomic_file(os.path.join(out, "curves.csv"), "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields, restval="")
         w.writeheader()
         for r in rows:
             w.writerow({k: ("" if v is None else v) for k, v in r.items()})
-    with open(os.path.join(out, "summary.json"), "w") as f:
+    with _atomic_file(os.path.join(out, "summary.json")) as f:
         json.dump(_json_safe({**meta, "runs": records}), f, indent=1, allow_nan=False)
         f.write("\n")
 
@@ -2934,7 +3636,12 @@ def bench(shapes, repeats, threads, use_torch=True, seed=0, out=sys.stdout):
 # - A figure is asked for with --plot [PNG]: the path given, or <command>.png in --out
 #   when the command has one, else in the current folder.
 # - An existing file or folder is never overwritten without --force; the committed
-#   figures are regenerated with --plot figures/<name>.png --force.
+#   figures are regenerated with --plot figures/<name>.png --force. A run may rewrite the
+#   checkpoint it resumes from, and the files it created itself.
+# - Every output path is checked before any work (a file where a folder is needed or the
+#   reverse, a parent that is a file, a folder the user cannot write into); missing
+#   parent folders are created. Each output is then locked until the command ends, so
+#   that a second command given the same output refuses it (see _lock_outputs).
 # - Usage errors (bad option values, bad input files, existing outputs, an option the
 #   command cannot honour) and a missing optional package exit 2 with one line on stderr
 #   and no traceback. A run that raised an error makes the command exit 1; a run that
@@ -2950,31 +3657,197 @@ class MissingPackage(UsageError):
 
 
 def _figure_path(args, command):
-    """The PNG path of --plot [PNG] (None without --plot)."""
+    """The figure's path of --plot [PNG] (None without --plot): the path given, with
+    .png added when it has no extension (as matplotlib would add it), else
+    <command>.png in --out when the command has one, else in the current folder. A
+    folder given as the path is refused."""
     if getattr(args, "plot", None) is None:
         return None
     if args.plot:
-        return args.plot
+        p = args.plot
+        if p.endswith(("/", os.sep)) or os.path.isdir(p):
+            raise UsageError(f"--plot {p} is a folder; give the figure's file name, e.g. "
+                             f"{os.path.join(p, command + '.png')}")
+        return p if os.path.splitext(p)[1] else p + ".png"
     out = getattr(args, "out", None)
     return os.path.join(out, f"{command}.png") if out else f"{command}.png"
 
 
-def _check_outputs(paths, force):
-    """Refuse, before any work, an output that exists (without --force) or that cannot
-    be written: a missing or non-folder parent, or a parent without write permission."""
-    for p in paths:
-        if not p:
+def _check_figure_format(path):
+    """Refuse a figure path whose extension matplotlib cannot write (it would fail only
+    when the figure is drawn, after the work)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+    formats = FigureCanvasBase.get_supported_filetypes()
+    ext = os.path.splitext(path)[1][1:].lower()
+    if ext not in formats:
+        raise UsageError(f"--plot {path}: matplotlib cannot write .{ext} files; use one "
+                         f"of {', '.join('.' + f for f in sorted(formats))}")
+
+
+# --- Outputs: checked before any work, then locked for the command's life ---------------
+#
+# Missing parent folders of every output are created (as mkdir -p), by every command.
+
+@dataclasses.dataclass(frozen=True)
+class _Output:
+    """A path a command writes. ``folder``: a folder it writes files into (else a file).
+    ``replace``: its existing already means overwriting, refused without --force (False
+    for a folder whose files are checked one by one, or that may be continued). ``own``:
+    a file the command may rewrite without --force (the checkpoint a run resumes from).
+    ``lock``: take an exclusive lock on it for the command's life (False for files inside
+    a folder that is locked itself)."""
+    option: str
+    path: str
+    folder: bool = False
+    replace: bool = True
+    own: bool = False
+    lock: bool = True
+
+    @property
+    def name(self) -> str:
+        return f"{self.option} {self.path}" if self.option else self.path
+
+
+def _nearest_existing(path) -> str:
+    """``path`` or its nearest ancestor that exists: where missing folders start."""
+    p = os.path.abspath(path)
+    while not os.path.lexists(p):
+        p = os.path.dirname(p)
+    return p
+
+
+def _check_outputs(outputs, force):
+    """Refuse (UsageError), before any work, every output that cannot be written or that
+    would overwrite without --force: a file where a folder is needed or the reverse, a
+    parent that is not a folder, a folder without write permission (for the user running
+    the command), an existing output without --force, and one path given for two
+    outputs. Missing parent folders are fine: they are created. Plain strings are files;
+    None and "" are skipped."""
+    seen = {}
+    for o in outputs:
+        if not o:
             continue
-        if os.path.exists(p) and not force:
-            raise UsageError(f"{p} already exists; pass --force to overwrite it, or "
+        o = _Output("", o) if isinstance(o, str) else o
+        real, prev = os.path.realpath(o.path), seen.get(os.path.realpath(o.path))
+        if prev and prev[0] != o.option and not (prev[1] and o.folder):
+            raise UsageError(f"{o.path} is given twice: as {prev[0] or 'an output'} and as "
+                             f"{o.option or 'an output'}; choose another path")
+        seen.setdefault(real, (o.option, o.folder))
+        if o.folder:
+            if os.path.lexists(o.path) and not os.path.isdir(o.path):
+                raise UsageError(f"{o.name} must be a folder, but it is a file")
+            where = _nearest_existing(o.path)
+        else:
+            if os.path.isdir(o.path):
+                raise UsageError(f"{o.name} must be a file, but it is a folder")
+            where = _nearest_existing(os.path.dirname(os.path.abspath(o.path)))
+        if not os.path.isdir(where):
+            raise UsageError(f"cannot write {o.name}: {where} is not a folder")
+        if not os.access(where, os.W_OK | os.X_OK):
+            raise UsageError(f"cannot write {o.name}: no write permission in {where}")
+        if o.replace and not o.own and not force and os.path.lexists(o.path):
+            raise UsageError(f"{o.path} already exists; pass --force to overwrite it, or "
                              "choose another path")
-        parent = os.path.dirname(os.path.abspath(p))
-        while not os.path.exists(parent):           # folders we will create
-            parent = os.path.dirname(parent)
-        if not os.path.isdir(parent):
-            raise UsageError(f"cannot write {p}: {parent} is not a folder")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            raise UsageError(f"cannot write {p}: no write permission in {parent}")
+
+
+# Two processes must never write the same output: the second would overwrite the first's
+# checkpoints, or lose its summary. Every command therefore takes an exclusive flock on
+# each of its outputs before any work (a folder's lock file is <folder>/.lock, a file's is
+# .<name>.lock beside it) and holds it until it ends; a second command refuses an output
+# that is held. The kernel drops a flock with the process that holds it, so a killed
+# command (even by kill -9) leaves no stale lock, and its workers die with it (see
+# _die_with_parent). Shards of one job lock their own run folders, not the shared root,
+# so they do not block each other. A command removes its lock files when it ends (while
+# still holding them); one killed leaves its lock file, unlocked, for the next command to
+# take. Whoever takes a lock then checks that the file it locked is still the one of that
+# name, so that a file removed meanwhile is never locked by two processes.
+#
+# On network filesystems flock may protect nothing: over NFS, Linux emulates it with
+# POSIX byte-range locks, which need a working lock manager, and mounts with
+# local_lock=flock or nolock make it local to each client, so two machines can each lock
+# the same output. Give each machine its own root (or its own shards' run folders), and
+# put the job together with `collect`. Where the system has no flock (Windows), or a
+# filesystem refuses it, outputs are not locked (with a warning).
+try:
+    import fcntl
+except ImportError:
+    fcntl = None
+
+_HELD_LOCKS = []        # (lock file, fd) held by the running command; main releases them
+
+
+def _lock_file_of(path, folder) -> str:
+    if folder:
+        return os.path.join(path, ".lock")
+    parent, name = os.path.split(os.path.abspath(path))
+    return os.path.join(parent, f".{name}.lock")
+
+
+def _same_file(path, fd) -> bool:
+    try:
+        a, b = os.stat(path), os.fstat(fd)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+def _lock_outputs(outputs) -> None:
+    """Create the folders of every output (and its missing parents) and lock each output
+    with ``lock`` set for the command's life; refuse (UsageError) one that another
+    process holds."""
+    for o in outputs:
+        if not o or not o.lock:
+            continue
+        lock = _lock_file_of(o.path, o.folder)
+        if any(lock == held for held, _ in _HELD_LOCKS):
+            continue
+        try:
+            os.makedirs(os.path.dirname(lock), exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"cannot write {o.name}: {e.strerror} ({e.filename})") from None
+        if fcntl is None:
+            continue
+        for _ in range(100):                   # until the file locked is the file named
+            try:
+                fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+            except OSError as e:
+                raise UsageError(f"cannot write {o.name}: {e.strerror} ({e.filename})") \
+                    from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip()
+                os.close(fd)
+                raise UsageError(f"{o.path} is in use by another run"
+                                 + (f" (process {holder})" if holder.isdigit() else "")
+                                 + "; wait for it to end, or choose another path") from None
+            except OSError as e:                # a filesystem without flock
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    os.unlink(lock)
+                print(f"tasks.py: warning: cannot lock {o.path} ({e.strerror}); make sure "
+                      "no other run writes it", file=sys.stderr)
+                fd = None
+                break
+            if _same_file(lock, fd):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                break
+            os.close(fd)                        # removed by its last holder: again
+        else:
+            raise UsageError(f"cannot lock {o.path}: its lock file {lock} keeps changing")
+        if fd is not None:
+            _HELD_LOCKS.append((lock, fd))
+
+
+def _release_locks() -> None:
+    """Remove this command's lock files, then release them (closing them)."""
+    while _HELD_LOCKS:
+        lock, fd = _HELD_LOCKS.pop()
+        if _same_file(lock, fd):
+            with contextlib.suppress(OSError):
+                os.unlink(lock)
+        os.close(fd)
 
 
 def _refuse_explicit(args, names, why):
@@ -3053,7 +3926,7 @@ TASK_DEFAULTS = {
     "multiply": {"seq_len": 50, "steps": 30000, "lr": 0.01, "momentum": 0.0, "clip": 10.0,
                  "eval_every": 500, "test_size": 1000, "seeds": 3},
     "pixel": {"epochs": 100, "lr": 1e-4, "momentum": 0.0, "clip": 1.0,
-              "eval_every": None, "test_size": 10000, "seeds": 1},
+              "eval_every": None, "test_size": None, "seeds": 1},
     "digits": {"epochs": 100, "lr": 0.1, "momentum": 0.0, "clip": 1.0,
                "eval_every": None, "test_size": None, "seeds": 1},
 }
@@ -3182,11 +4055,16 @@ def _resume_config(args, task, base) -> RunConfig:
         raise UsageError(f"--resume {args.resume} is a checkpoint of task "
                          f"{c.get('task')!r}, not {task!r}")
     for k in _RESUMABLE:
-        if k not in c or (k == "seq_len" and task in ("pixel", "digits")):
-            continue
-        if _given(args, k) is not None and _given(args, k) != c[k]:
-            raise UsageError(f"--{k.replace('_', '-')} {_given(args, k)} contradicts the "
-                             f"checkpoint {args.resume}, which has {k}={c[k]!r}")
+        if k == "seq_len" and task in ("pixel", "digits"):
+            continue                                   # set by the images
+        # --clip none is given as None, which _given cannot tell from an absent --clip
+        given = getattr(args, "clip") != _CLIP_DEFAULT if k == "clip" else \
+            _given(args, k) is not None
+        value = getattr(args, k, None)
+        if given and value != c[k]:
+            shown = "" if k == "permuted" else " none" if value is None else f" {value}"
+            raise UsageError(f"--{k.replace('_', '-')}{shown} contradicts the checkpoint "
+                             f"{args.resume}, which has {k}={c[k]!r}")
         if k in base or k in ("permuted", "train_size"):
             base[k] = c[k]
     save = None
@@ -3224,27 +4102,55 @@ def _job_configs(args, task, base) -> list:
     return cfgs
 
 
-def _prepare_experiment(args, task, cfgs):
-    """Everything that could fail, checked before the first step: data files, optional
-    packages, and every output path. Returns the --plot path (or None)."""
+def _prepare_experiment(args, task, cfgs, names):
+    """Everything that could fail, checked before the first step: the checkpoint of
+    --resume against the run, every output path (then locked for the command's life),
+    the job file under --out, and optional packages. Returns the --plot path (or
+    None)."""
+    c0 = cfgs[0]
+    if c0.resume:
+        try:
+            t = _Task(c0)
+            _start(c0, t, _checkpoint_config(c0, t),
+                   c0.steps if c0.steps else c0.epochs * t.steps_per_epoch)
+        except (OSError, ValueError, TypeError) as e:
+            raise UsageError(f"--resume: {e}") from None
+        del t
     plot = _figure_path(args, args.command)
-    try:
-        if task == "pixel":
-            load_pixel_dataset(cfgs[0].dataset, cfgs[0].data)
-        if task == "digits":
-            load_digits_data(np.random.default_rng(0))
-    except (OSError, ValueError) as e:
-        raise UsageError(str(e)) from None
-    except ImportError as e:
-        raise MissingPackage(str(e)) from None
+    outputs = []
+    if args.out:
+        if not args.shard:
+            outputs.append(_Output("--out", args.out, folder=True))
+            outputs += [_Output(f"--out (its {n})", os.path.join(args.out, n), replace=False,
+                                lock=False) for n in ("curves.csv", "summary.json")]
+        if not c0.resume:                       # the run folders that collect reads
+            for c in cfgs:
+                folder = os.path.join(args.out, run_name(c))
+                outputs += [_Output("--out", folder, folder=True, replace=False),
+                            _Output("--out", os.path.join(folder, "result.json"),
+                                    lock=False)]
+    if plot:
+        inside = args.out and not args.shard and os.path.realpath(os.path.dirname(
+            os.path.abspath(plot))) == os.path.realpath(args.out)
+        outputs.append(_Output("--plot", plot, lock=not inside))
+    if args.save and not (c0.resume and args.save.endswith(".npz")):
+        outputs.append(_Output("--save", args.save, folder=True, replace=False, lock=False))
+    outputs += [_Output("--save", c.save, own=bool(c.resume) and os.path.realpath(c.save)
+                        == os.path.realpath(c.resume)) for c in cfgs if c.save]
+    _check_outputs(outputs, args.force)
     if plot:
         _pyplot()
-    saves = [c.save for c in cfgs if c.save and not (
-        c.resume and os.path.realpath(c.save) == os.path.realpath(c.resume))]
-    _check_outputs([None if args.shard else args.out, plot] + saves, args.force)
-    for c in cfgs:
-        if c.save:
-            os.makedirs(os.path.dirname(os.path.abspath(c.save)), exist_ok=True)
+        _check_figure_format(plot)
+    job = (args.out, "experiment", args.command, names, _job_settings(args, task))
+    try:        # every shard writes the same job file; a different one is refused here
+        if args.out and not c0.resume:
+            write_job_file(*job, replace=bool(args.force and not args.shard),
+                           check_only=True)
+        _lock_outputs(outputs)
+        if args.out and not c0.resume:
+            write_job_file(*job, replace=bool(args.force and not args.shard))
+    except (OSError, ValueError) as e:
+        raise UsageError(str(e)) from None
     return plot
 
 
@@ -3305,19 +4211,30 @@ def _shard_of(args, cfgs):
         if not args.out:
             raise UsageError("--shard needs --out ROOT, the job's root that every shard "
                              "writes its run folders under")
-        taken = [os.path.join(args.out, names[k]) for k in keep]
-        _check_outputs(taken if not args.force else [], args.force)
+        _refuse_explicit(args, ["--plot"], "with --shard (a shard holds part of the job; "
+                         "`collect ROOT --plot` draws the whole job's figure)")
     return [cfgs[k] for k in keep], names
 
 
-def _write_run_folders(args, task, names, results_cfgs):
-    """The job file and one folder per finished run under --out (what collect reads)."""
+def _job_settings(args, task) -> dict:
+    """The settings recorded in an experiment's job file: what every shard shares."""
     settings = {k: v for k, v in vars(args).items()
                 if k not in ("func", "shard", "out", "force", "jobs", "threads",
                              "progress_every", "plot")}
-    write_job_file(args.out, "experiment", args.command, names, dict(settings, task=task))
-    for cfg, (record, curve) in results_cfgs:
-        write_experiment_run(args.out, cfg, record, curve)
+    return dict(settings, task=task)
+
+
+def _check_runs(task, cfgs):
+    """Every run's sizes against its images and this machine's memory (check_run), before
+    any work: a usage error names what is too big."""
+    try:
+        data = _load_task_data(cfgs[0])
+        for c in cfgs:
+            check_run(c, data)
+    except ImportError as e:
+        raise MissingPackage(str(e)) from None
+    except (OSError, ValueError) as e:
+        raise UsageError(str(e)) from None
 
 
 def cmd_experiment(args):
@@ -3330,15 +4247,17 @@ def cmd_experiment(args):
     else:
         cfgs = _job_configs(args, task, base)
     cfgs, names = _shard_of(args, cfgs)
-    plot = _prepare_experiment(args, task, cfgs)
+    _check_runs(task, cfgs)
+    plot = _prepare_experiment(args, task, cfgs, names)
     _print_job(args, task, cfgs)
     plan = {run_label(c): (c.steps or 0) for c in cfgs} if cfgs[0].regression else None
     progress = Progress(every=args.progress_every, plan=plan, jobs=args.jobs)
     results = run_many(cfgs, jobs=args.jobs, threads=args.threads, progress=progress)
     records, curves, failed = _collect(results)
-    if args.out and not getattr(args, "resume", None):
-        done = [(c, r) for c, r in zip(cfgs, results) if not isinstance(r[1], str)]
-        _write_run_folders(args, task, names, done)
+    if args.out and not getattr(args, "resume", None):      # one folder per finished run
+        for cfg, (record, curve) in zip(cfgs, results):
+            if not isinstance(curve, str):
+                write_experiment_run(args.out, cfg, record, curve)
     if args.shard:
         print(f"shard {args.shard[0]}/{args.shard[1]}: {len(records)} run folder(s) under "
               f"{args.out}; `python tasks.py collect {args.out}` puts the job together")
@@ -3431,14 +4350,18 @@ def _add_training_options(p, name, d):
 
 
 def _add_output_options(p, name):
-    p.add_argument("--out", metavar="DIR", help="write curves.csv and summary.json there")
+    p.add_argument("--out", metavar="DIR", help="write curves.csv, summary.json and one "
+                   "folder per run there (created, with missing parents; an existing DIR "
+                   "needs --force)")
     p.add_argument("--force", action="store_true",
                    help="allow overwriting existing --out, --plot and --save files")
     p.add_argument("--plot", nargs="?", const="", metavar="PNG",
                    help="write a PNG (test metrics against step, or the sweep's heat map; "
-                   "default OUT/<command>.png or ./<command>.png); needs matplotlib")
+                   "default OUT/<command>.png or ./<command>.png; .png added to a name "
+                   "without an extension; missing folders created); needs matplotlib")
     p.add_argument("--save", metavar="DIR",
-                   help="write each run's checkpoint (.npz) there at every evaluation")
+                   help="write each run's checkpoint (.npz) there at every evaluation "
+                   "(created, with missing parents)")
     p.add_argument("--shard", type=_shard_arg, metavar="I/N",
                    help="run only shard I (0-based) of N of the job: the runs at positions "
                    "I, I+N, ... of the job's runs sorted by name; each shard writes its run "
@@ -3570,9 +4493,16 @@ def cmd_paper(args):
                            clip="none" if args.clip is None else
                            (None if args.clip == _CLIP_DEFAULT else args.clip))
                  for s in schemes for seed in seeds]
-        if args.task == "pixel":
-            load_pixel_dataset(args.dataset, args.data)     # say what is missing now
-    except (ValueError, TypeError, FileNotFoundError) as e:
+        if args.task == "pixel":                            # say what is missing now
+            d = load_pixel_dataset(args.dataset, args.data)
+            for spec in specs:
+                if spec.train_size > len(d["y_train"]) or spec.test_size > len(d["y_test"]):
+                    raise ValueError(
+                        f"{spec.dataset} at {d['source']} has {len(d['y_train'])} training "
+                        f"and {len(d['y_test'])} test images, fewer than train_size="
+                        f"{spec.train_size} or test_size={spec.test_size}")
+            del d
+    except (ValueError, TypeError, OSError) as e:
         raise UsageError(str(e)) from None
     names, all_specs = [s.name for s in specs], specs
     try:
@@ -3581,32 +4511,63 @@ def cmd_paper(args):
         raise UsageError(str(e)) from None
     departures = list(dict.fromkeys(d for s in specs for d in paper_departures(s)))
     choices = departures + PAPER_CHOICES["all"] + PAPER_CHOICES[args.task]
-    _print_protocol(specs, choices)
-    folders = []
-    for spec in specs:
-        folder = os.path.join(args.out, spec.name)
-        if os.path.exists(folder):
-            if not args.resume:
-                raise UsageError(f"{folder} already exists; pass --resume "
-                                 "to continue its run, or choose another --out")
-            try:
-                old, _, _ = read_run_folder(folder)
-            except ValueError as e:
-                raise UsageError(str(e)) from None
-            if old != spec:
-                diff = [k for k in old.to_json() if old.to_json()[k] != spec.to_json()[k]]
-                raise UsageError(f"{folder} holds a run with other settings "
-                                 f"({', '.join(diff)}); choose another --out")
-        folders.append(folder)
+    folders = [os.path.join(args.out, spec.name) for spec in specs]
+    _check_outputs([_Output("--out", args.out, folder=True, replace=False)], False)
+    old = [f for f in folders if os.path.lexists(f)]
+    if old and not args.resume:
+        raise UsageError(f"{old[0]} already exists; pass --resume to continue its run, or "
+                         "choose another --out")
+    _claim_run_folders(old, "--out", [s for s, f in zip(specs, folders) if f in old])
     try:
         write_job_file(args.out, "paper", f"paper {args.task}", names,
                        {"specs": [s.to_json() for s in all_specs]})
-    except ValueError as e:
+        for spec, folder in zip(specs, folders):
+            if folder not in old:         # claimed by creating it, then locked at once
+                create_run_folder(args.out, spec, choices)
+                _lock_outputs([_Output("--out", folder, folder=True)])
+    except (OSError, ValueError) as e:
         raise UsageError(str(e)) from None
-    for spec, folder in zip(specs, folders):
-        if not os.path.exists(folder):
-            create_run_folder(args.out, spec, choices)
+    _print_protocol(specs, choices)
     return _run_job(folders, args)
+
+
+def _run_folder_summary(folder):
+    """The summary.json of a run folder (None before its run ended), checked: usage
+    errors name the folder."""
+    try:
+        spec, _, summary = read_run_folder(folder)
+    except (OSError, ValueError) as e:
+        raise UsageError(str(e) if folder in str(e) else f"{folder}: {e}") from None
+    if summary is not None and not (isinstance(summary, dict)
+                                    and isinstance(summary.get("status"), str)):
+        raise UsageError(f"{os.path.join(folder, 'summary.json')}: not the summary of a "
+                         "run (no status)")
+    return spec, summary
+
+
+def _claim_run_folders(folders, option, specs=None) -> None:
+    """Check and lock the run folders that this command continues: each a writable
+    folder that no other process holds, whose run.json (holding ``specs``, when given),
+    summary.json and checkpoint.npz are readable; a bad one is a usage error, found
+    before any training."""
+    outputs = [_Output(option, f, folder=True, replace=False) for f in folders]
+    _check_outputs(outputs, False)
+    _lock_outputs(outputs)
+    for folder, want in zip(folders, specs or [None] * len(folders)):
+        spec, summary = _run_folder_summary(folder)
+        if want is not None and spec != want:
+            diff = [k for k in spec.to_json() if spec.to_json()[k] != want.to_json()[k]]
+            raise UsageError(f"{folder} holds a run with other settings "
+                             f"({', '.join(diff)}); choose another --out")
+        if (summary is None or summary["status"] == "paused") and \
+                os.path.lexists(os.path.join(folder, "checkpoint.npz")):
+            try:
+                _load_run_checkpoint(folder, spec)
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                raise UsageError(str(e) if isinstance(e, ValueError) else
+                                 f"{os.path.join(folder, 'checkpoint.npz')} is not a "
+                                 f"checkpoint of this run ({type(e).__name__}: {e})") \
+                    from None
 
 
 def cmd_resume(args):
@@ -3616,8 +4577,9 @@ def cmd_resume(args):
         raise UsageError(str(e)) from None
     if not folders:
         raise UsageError(f"no run folders (with run.json) under {args.root}")
-    todo = [f for f in folders if (read_run_folder(f)[2] or {}).get("status") in
+    todo = [f for f in folders if (_run_folder_summary(f)[1] or {}).get("status") in
             (None, "paused")]
+    _claim_run_folders(todo, "ROOT")
     print(f"{len(folders)} run(s) under {args.root}, {len(todo)} unfinished", flush=True)
     code = _run_job(todo, args) if todo else 0
     done = [read_run_folder(f)[2] for f in folders]
@@ -3670,7 +4632,8 @@ def _add_paper_commands(sub, parents):
     p.add_argument("--eval-every", type=_positive_int, metavar="K",
                    help="override the updates between evaluations")
     p.add_argument("--out", required=True, metavar="ROOT",
-                   help="the job's root folder: one run folder per run under it")
+                   help="the job's root folder: one run folder per run under it (created, "
+                   "with missing parents)")
     p.add_argument("--resume", action="store_true",
                    help="continue runs whose folders exist under ROOT (their settings "
                    "must match); finished runs are left as they are")
@@ -3713,9 +4676,11 @@ def cmd_survey_fixtures(args):
 def cmd_export_fixtures(args):
     with _as_usage_error(FileExistsError, NotADirectoryError):
         _check_fixture_dir(args.dir, args.force)
-    _check_outputs([os.path.join(args.dir, "manifest.json")], force=True)  # DIR writable
+    out = _Output("DIR", args.dir, folder=True, replace=False)
+    _check_outputs([out], args.force)                    # DIR writable
+    _lock_outputs([out])                                 # which puts DIR/.lock in it
     with _as_usage_error(RuntimeError):                  # no usable draw at this --seed
-        m = export_fixtures(args.dir, force=args.force, base_seed=args.seed)
+        m = export_fixtures(args.dir, force=True, base_seed=args.seed)   # checked above
     total = sum(os.path.getsize(os.path.join(args.dir, c["file"])) for c in m["cases"])
     print(f"wrote {len(m['cases'])} cases ({total / 1024:.0f} KB) and manifest.json to "
           f"{args.dir}")
@@ -3740,7 +4705,8 @@ def _add_fixture_commands(sub) -> None:
                        "Each case holds inputs, parameters, every hidden state, the "
                        "read-out, the loss and every gradient, computed by this reference. "
                        "Refuses a non-empty DIR unless --force.")
-    e.add_argument("dir", metavar="DIR", help="output directory (created if missing)")
+    e.add_argument("dir", metavar="DIR", help="output directory (created, with missing "
+                   "parents)")
     e.add_argument("--force", action="store_true",
                    help="overwrite the fixture files in a non-empty DIR")
     e.add_argument("--seed", type=int, default=FIXTURE_BASE_SEED,
@@ -3791,8 +4757,12 @@ def _analysis_figure(args, command):
     path = _figure_path(args, command)
     if path is None:
         return None, None
-    _check_outputs([path], args.force)
-    return path, _figure_class()
+    out = _Output("--plot", path)
+    _check_outputs([out], args.force)
+    Figure = _figure_class()
+    _check_figure_format(path)
+    _lock_outputs([out])
+    return path, Figure
 
 
 def _analysis_choices(args):
@@ -3853,7 +4823,8 @@ def _analysis_parser(sub, threads, command, help, description):
     p.add_argument("--seed", type=int, default=0, help="seed of data and weights "
                    "(default 0)")
     p.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG",
-                   help=f"also draw the figure into PNG (default ./{command}.png); needs "
+                   help=f"also draw the figure into PNG (default ./{command}.png; .png "
+                   "added to a name without an extension; missing folders created); needs "
                    "matplotlib")
     p.add_argument("--force", action="store_true", help="overwrite an existing PNG")
     return p
@@ -3966,16 +4937,23 @@ def _collect_paper(args, job):
         print(paper_table(summaries))
     folders = {r["name"]: r["folder"] for r in runs}
     if args.out:
+        ordered = [s for g in groups.values() for s in g]
+        texts = []
+        for s in ordered:                  # every curve is read before anything is written
+            path = os.path.join(folders[s["run"]], "curves.csv")
+            try:
+                with open(path) as f:
+                    texts.append(f.read().splitlines(keepends=True))
+            except (OSError, UnicodeDecodeError) as e:
+                raise UsageError(f"{path}: not a readable curves.csv ({e})") from None
         os.makedirs(args.out, exist_ok=True)
-        with open(os.path.join(args.out, "summary.json"), "w") as f:
+        with _atomic_file(os.path.join(args.out, "summary.json")) as f:
             json.dump(_json_safe({"collected_from": args.roots, "missing": job["missing"],
-                                  "runs": [s for g in groups.values() for s in g]}),
+                                  "runs": ordered}),
                       f, indent=1, allow_nan=False)
             f.write("\n")
-        with open(os.path.join(args.out, "curves.csv"), "w") as out:
-            for i, s in enumerate(s for g in groups.values() for s in g):
-                with open(os.path.join(folders[s["run"]], "curves.csv")) as f:
-                    lines = f.read().splitlines(keepends=True)
+        with _atomic_file(os.path.join(args.out, "curves.csv")) as out:
+            for i, lines in enumerate(texts):
                 out.writelines(lines if i == 0 else lines[1:])
         print(f"wrote {os.path.join(args.out, 'summary.json')} and "
               f"{os.path.join(args.out, 'curves.csv')}")
@@ -3990,17 +4968,36 @@ def cmd_collect(args):
         job = collect_job(args.roots)
     except (OSError, ValueError) as e:
         raise UsageError(str(e)) from None
-    out = [os.path.join(args.out, n) for n in ("curves.csv", "summary.json")] \
-        if args.out else []
-    _check_outputs(out + [_figure_path(args, "collect")], args.force)
-    if _figure_path(args, "collect"):
+    plot, outputs = _figure_path(args, "collect"), []
+    if args.out:
+        real = os.path.realpath(args.out)
+        inside = [r["folder"] for r in job["runs"].values()
+                  if (real + os.sep).startswith(os.path.realpath(r["folder"]) + os.sep)]
+        if inside:
+            raise UsageError(f"--out {args.out} is inside the run folder {inside[0]}; "
+                             "choose another folder")
+        outputs += [_Output("--out", args.out, folder=True, replace=False)] + \
+            [_Output("--out", os.path.join(args.out, n), lock=False)
+             for n in ("curves.csv", "summary.json")]
+    if plot:
+        inside = args.out and os.path.realpath(os.path.dirname(os.path.abspath(plot))) == \
+            os.path.realpath(args.out)
+        outputs.append(_Output("--plot", plot, lock=not inside))
+    _check_outputs(outputs, args.force)
+    if plot:
         _pyplot()
+        _check_figure_format(plot)
     if job["missing"] and not args.partial:
         print(f"{len(job['missing'])} run(s) missing or unfinished: "
               + ", ".join(job["missing"]), file=sys.stderr)
         print("tasks.py collect: pass --partial to collect what is there", file=sys.stderr)
         return 1
-    (_collect_paper if job["kind"] == "paper" else _collect_experiment)(args, job)
+    _lock_outputs(outputs)
+    try:
+        (_collect_paper if job["kind"] == "paper" else _collect_experiment)(args, job)
+    except (KeyError, TypeError) as e:            # a record without the fields it needs
+        raise UsageError(f"a run under {', '.join(args.roots)} holds a malformed record "
+                         f"({type(e).__name__}: {e})") from None
     if job["missing"]:
         print(f"\n{len(job['missing'])} run(s) missing or unfinished: "
               + ", ".join(job["missing"]))
@@ -4015,9 +5012,11 @@ def _add_collect_command(sub):
                        "twice, list the runs that are missing or unfinished, and print and "
                        "write what the unsplit job would have.")
     p.add_argument("roots", nargs="+", metavar="ROOT")
-    p.add_argument("--out", metavar="DIR", help="write curves.csv and summary.json there")
+    p.add_argument("--out", metavar="DIR", help="write curves.csv and summary.json there "
+                   "(created, with missing parents)")
     p.add_argument("--plot", nargs="?", const="", metavar="PNG",
-                   help="write the job's figure (default OUT/collect.png or ./collect.png)")
+                   help="write the job's figure (default OUT/collect.png or ./collect.png; "
+                   "missing folders created)")
     p.add_argument("--force", action="store_true", help="allow overwriting outputs")
     p.add_argument("--partial", action="store_true",
                    help="collect what is there even when runs are missing (exit 0)")
@@ -4056,7 +5055,10 @@ def _add_bench_command(sub, parents):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="tasks.py", description="nprnn-ref: experiments, benchmarks and exports for "
-        "the np-RNN reference (Talathi and Vartak, arXiv 1511.03771).")
+        "the np-RNN reference (Talathi and Vartak, arXiv 1511.03771).",
+        epilog="Every output path is checked before any work: missing parent folders are "
+        "created, an existing output is replaced only with --force, and an output that "
+        "another command is writing is refused. Usage errors exit with status 2.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     threads, jobs = _parent_parsers()
@@ -4076,6 +5078,8 @@ def main(argv=None) -> int:
     except UsageError as e:
         print(f"tasks.py {args.command}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        _release_locks()
 
 
 if __name__ == "__main__":

@@ -5,18 +5,25 @@ derandomized, no deadline, a modest number of examples) and "thorough" (many mor
 examples), chosen with HYPOTHESIS_PROFILE=thorough.
 """
 
+import contextlib
 import dataclasses
 import gzip
 import hashlib
+import inspect
 import io
 import json
 import math
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import time
 import types
+import warnings
+import zipfile
 
 import numpy as np
 import pytest
@@ -2320,8 +2327,9 @@ def test_analysis_commands_reject_bad_checkpoints_and_options(tmp_path, capsys):
     assert tasks.main(["spectrum", "--trained", str(bad)]) == 2
     assert ("format must be 'nprnn-ref-checkpoint/1', got 'something-else/9'"
             in capsys.readouterr().err)
-    mnist = tmp_path / "mnist.npz"
-    _write_checkpoint(mnist, params, task="mnist")
+    mnist = tmp_path / "mnist.npz"                       # the former task name of pixel
+    _write_checkpoint(mnist, nr.init_params(1, 5, 10, "np", np.random.default_rng(4)),
+                      task="mnist", seq_len=784)
     assert tasks.main(["gradflow", "--trained", str(mnist)]) == 2
     assert "needs a checkpoint of the adding or multiply task" in capsys.readouterr().err
     assert tasks.main(["spectrum", "--trained", str(tmp_path / "none.npz")]) == 2
@@ -2581,7 +2589,7 @@ def test_checkpoint_round_trip_keeps_every_array_the_config_and_the_rng(tmp_path
     params, velocity = _params_velocity(rng)
     data_rng = np.random.default_rng(8)
     data_rng.standard_normal(3)
-    config = {k: v for k, v in dataclasses.asdict(_cfg()).items()
+    config = {k: v for k, v in dataclasses.asdict(_cfg(hidden=4)).items()
               if k in tasks.CHECKPOINT_CONFIG_KEYS}
     config["nonlinearity"] = "relu"
     tasks.save_checkpoint(tmp_path / "c.npz", params, velocity, 123, config, data_rng)
@@ -2602,7 +2610,9 @@ def test_checkpoint_round_trip_keeps_every_array_the_config_and_the_rng(tmp_path
 def _bad_checkpoint(tmp_path, kind):
     rng = np.random.default_rng(0)
     params, velocity = _params_velocity(rng)
-    config = {k: 1 for k in tasks.CHECKPOINT_CONFIG_KEYS}
+    config = {k: v for k, v in dataclasses.asdict(_cfg(hidden=4)).items()
+              if k in tasks.CHECKPOINT_CONFIG_KEYS}
+    config["nonlinearity"] = "relu"
     path = tmp_path / "c.npz"
     tasks.save_checkpoint(path, params, velocity, 5, config, rng)
     with np.load(path) as z:
@@ -3621,3 +3631,1994 @@ def test_paper_runs_split_into_shards_are_collected_into_one_table(tmp_path, cap
     assert "adding, T=6" in out and all(n in out for n in ("IRNN", "np-RNN", "gRNN"))
     runs = json.loads((tmp_path / "c" / "summary.json").read_text())["runs"]
     assert [r["scheme"] for r in runs] == ["irnn", "np", "grnn"]   # PAPER_SCHEMES order
+
+
+# =======================================================================================
+# Outputs and processes: usage errors before any work, nothing overwritten without
+# --force, one command per output (locks), writers that never collide, workers that die
+# with their parent, and outputs a user cannot write
+# =======================================================================================
+
+_QUICK = ["--seq-len", "6", "--hidden", "4", "--steps", "20", "--eval-every", "10",
+          "--test-size", "16", "--batch", "4", "--jobs", "1", "--progress-every", "1000"]
+_QUICK_PAPER = ["--seq-len", "6", "--hidden", "4", "--train-size", "20", "--test-size",
+                "10", "--epochs", "1", "--eval-every", "10", "--jobs", "1",
+                "--progress-every", "1000", "--schemes", "np"]
+
+
+@pytest.fixture(scope="module")
+def finished_paper_root(tmp_path_factory):
+    """A job root holding one finished paper run (and its job file)."""
+    root = tmp_path_factory.mktemp("paper") / "root"
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert tasks.main(["paper", "adding", *_QUICK_PAPER, "--out", str(root)]) == 0
+    return root
+
+
+def _usage_cases(tmp, paper_root):
+    """(argv, pattern) pairs: each a usage error that must exit 2 with one line, before
+    any work. ``tmp`` holds a file, a folder and a damaged checkpoint."""
+    f, d, junk = tmp / "file.txt", tmp / "folder", tmp / "junk.npz"
+    run = next(p for p in paper_root.iterdir() if p.is_dir())
+    unfinished = tmp / "unfinished"
+    shutil.copytree(paper_root, unfinished)
+    (unfinished / run.name / "summary.json").unlink()
+    (unfinished / run.name / "checkpoint.npz").write_bytes(b"not a checkpoint")
+    foreign = tmp / "foreign"
+    (foreign / run.name).mkdir(parents=True)
+    junk_job = tmp / "junkjob"
+    junk_job.mkdir()
+    (junk_job / "job-0.json").write_text('{"format": "nprnn-ref-job/1"}')
+    adding = ["adding", *_QUICK, "--schemes", "np"]
+    return [
+        (adding + ["--out", f, "--force"], r"--out .*file\.txt must be a folder, but it is"),
+        (adding + ["--out", f / "sub"], r"file\.txt is not a folder"),
+        (adding + ["--save", f, "--force"], r"--save .*file\.txt must be a folder"),
+        (adding + ["--save", f / "sub"], r"file\.txt is not a folder"),
+        (adding + ["--plot", d, "--force"], r"--plot .*folder is a folder"),
+        (adding + ["--plot", f / "x.png"], r"file\.txt is not a folder"),
+        (adding + ["--out", tmp / "o", "--plot", tmp / "o" / "summary.json"],
+         r"summary\.json is given twice"),
+        (adding + ["--out", tmp / "o", "--shard", "0/2", "--plot"],
+         "--plot cannot be used with --shard"),
+        (["adding", *_QUICK, "--resume", junk], r"--resume: .*junk\.npz is not an nprnn-ref"),
+        (["adding", *_QUICK, "--resume", d], r"--resume: "),
+        (["paper", "adding", *_QUICK_PAPER, "--out", f], r"--out .* must be a folder"),
+        (["paper", "adding", *_QUICK_PAPER, "--out", f / "x"], r"file\.txt is not a folder"),
+        (["paper", "adding", *_QUICK_PAPER, "--out", foreign, "--resume"],
+         r"foreign.*run\.json"),
+        (["paper", "adding", *_QUICK_PAPER, "--out", unfinished, "--resume"],
+         r"checkpoint\.npz is not a checkpoint of this run"),
+        (["resume", unfinished], r"checkpoint\.npz is not a checkpoint of this run"),
+        (["resume", f], "is not a folder"),
+        (["collect", f], "is not a folder"),
+        (["collect", junk_job], r"job-0\.json: a job file needs a kind"),
+        (["collect", paper_root, "--out", f], r"--out .* must be a folder"),
+        (["collect", paper_root, "--out", run / "c"], "is inside the run folder"),
+        (["export-fixtures", f / "sub"], r"file\.txt is not a folder"),
+        (["spectrum", "--hidden", "4", "--plot", d], "is a folder; give the figure's"),
+        (["spectrum", "--hidden", "4", "--plot", f / "x.png"], r"file\.txt is not a folder"),
+    ]
+
+
+def test_usage_errors_exit_2_with_one_line_before_any_work(tmp_path, capsys,
+                                                           finished_paper_root):
+    # One line on stderr also says that no run started: progress goes to stderr.
+    (tmp_path / "file.txt").write_text("mine")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "junk.npz").write_bytes(b"PK\x03\x04 not really")
+    cases = _usage_cases(tmp_path, finished_paper_root)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for argv, pattern in cases:
+        _usage_error([str(a) for a in argv], capsys, pattern)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before     # nothing created
+    assert (tmp_path / "file.txt").read_text() == "mine"
+
+
+def test_a_bad_threads_value_is_a_usage_error_of_the_command_line(tmp_path):
+    r = subprocess.run([sys.executable, os.path.join(REPO, "tasks.py"), "bench",
+                        "--threads", "0"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "--threads" in r.stderr, r
+
+
+def test_a_checkpoint_beyond_the_steps_asked_for_is_refused_before_any_work(tmp_path,
+                                                                            capsys):
+    save = tmp_path / "ck"
+    assert tasks.main(["adding", *_QUICK, "--schemes", "np", "--seeds", "1",
+                       "--save", str(save)]) == 0
+    (ck,) = save.glob("*.npz")
+    argv = ["adding", *_QUICK, "--resume", str(ck)]
+    argv[argv.index("--steps") + 1] = "10"                  # the checkpoint is at step 20
+    _usage_error(argv, capsys, r"--resume: .* is at step 20, beyond the 10 steps")
+
+
+def test_a_shard_with_other_settings_is_refused_before_it_trains(tmp_path, capsys,
+                                                                 monkeypatch):
+    root = str(tmp_path / "r")
+    assert tasks.main(_SWEEP_TINY + ["--out", root, "--shard", "0/2"]) == 0
+    other = [a if a != "40" else "60" for a in _SWEEP_TINY]          # other --steps
+    monkeypatch.setattr(tasks, "run_many", lambda *a, **k: pytest.fail("it trained"))
+    before = sorted(os.listdir(root))
+    _usage_error(other + ["--out", root, "--shard", "1/2"], capsys,
+                 "describes the same runs with other settings")
+    _usage_error(other + ["--out", root, "--shard", "1/2", "--force"], capsys,
+                 "describes the same runs with other settings")
+    assert sorted(os.listdir(root)) == before           # no run folder made for shard 1
+
+
+def test_the_figure_written_is_the_path_checked(tmp_path, capsys):
+    # matplotlib adds .png to a name without an extension: an existing fig.png must be
+    # refused for --plot fig, not overwritten.
+    (tmp_path / "fig.png").write_text("mine")
+    for argv in (["spectrum", "--hidden", "4"], ["adding", *_QUICK, "--schemes", "np"]):
+        _usage_error(argv + ["--plot", str(tmp_path / "fig")], capsys,
+                     r"fig\.png already exists; pass --force")
+    assert (tmp_path / "fig.png").read_text() == "mine"
+    assert tasks._figure_path(types.SimpleNamespace(plot="a/b", out=None), "x") == "a/b.png"
+    assert tasks._figure_path(types.SimpleNamespace(plot="", out="o"), "x") == \
+        os.path.join("o", "x.png")
+
+
+def test_a_figure_format_matplotlib_cannot_write_is_refused_before_any_work(tmp_path,
+                                                                             capsys):
+    pytest.importorskip("matplotlib")
+    _usage_error(["adding", *_QUICK, "--schemes", "np", "--plot",
+                  str(tmp_path / "fig.nope")], capsys, r"cannot write \.nope files")
+    assert not list(tmp_path.iterdir())
+
+
+def test_collect_never_overwrites_its_outputs_without_force(tmp_path, capsys,
+                                                             finished_paper_root):
+    out = tmp_path / "c"
+    out.mkdir()
+    (out / "summary.json").write_text("mine")
+    _usage_error(["collect", str(finished_paper_root), "--out", str(out)], capsys,
+                 r"summary\.json already exists; pass --force")
+    assert (out / "summary.json").read_text() == "mine"
+    assert tasks.main(["collect", str(finished_paper_root), "--out", str(out),
+                       "--force"]) == 0
+    assert json.loads((out / "summary.json").read_text())["runs"]
+    assert sorted(p.name for p in out.iterdir()) == ["curves.csv", "summary.json"]
+
+
+def test_a_run_that_raises_exits_1_and_the_others_go_on(tmp_path, capsys, monkeypatch):
+    real = tasks.train_run
+
+    def train(cfg, report=None, report_every=0.5):
+        if cfg.scheme == "irnn":
+            raise RuntimeError("the disk is full")
+        return real(cfg, report, report_every)
+    monkeypatch.setattr(tasks, "train_run", train)
+    assert tasks.main(["adding", *_QUICK, "--schemes", "np,irnn", "--seeds", "1",
+                       "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert "irnn s0: FAILED: RuntimeError: the disk is full" in err and "Traceback" not in err
+    runs = json.loads((tmp_path / "o" / "summary.json").read_text())["runs"]
+    assert [r["scheme"] for r in runs] == ["np"]
+
+
+# --- writers: unique temporary files, atomic replacement ---------------------------------
+
+def test_two_writers_of_one_file_never_share_a_temporary_file(tmp_path):
+    # Nested writers in one process (same pid): the inner one replaces the file first,
+    # the outer one last; each file written whole, no temporary file left behind.
+    p = tmp_path / "f.json"
+    with tasks._atomic_file(p) as a, tasks._atomic_file(p) as b:
+        a.write("first\n" * 1000)
+        b.write("second\n")
+        assert len(list(tmp_path.iterdir())) == 2      # two temporary files, nothing else
+    assert p.read_text() == "first\n" * 1000
+    assert [x.name for x in tmp_path.iterdir()] == ["f.json"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert p.stat().st_mode & 0o777 == 0o666 & ~umask      # not mkstemp's 0600
+    with pytest.raises(ZeroDivisionError), tasks._atomic_file(p) as f:
+        f.write("half")
+        1 / 0
+    assert p.read_text() == "first\n" * 1000 and len(list(tmp_path.iterdir())) == 1
+
+
+def test_every_file_a_command_writes_goes_through_a_unique_temporary_file(tmp_path,
+                                                                           monkeypatch):
+    made = []
+    real = tempfile.mkstemp
+
+    def mkstemp(*a, **k):
+        fd, path = real(*a, **k)
+        made.append(path)
+        return fd, path
+    monkeypatch.setattr(tasks.tempfile, "mkstemp", mkstemp)
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        assert tasks.main(["adding", *_QUICK, "--schemes", "np", "--seeds", "1",
+                           "--out", str(tmp_path / "o"), "--save", str(tmp_path / "s")]) == 0
+        assert tasks.main(["paper", "adding", *_QUICK_PAPER, "--out",
+                           str(tmp_path / "p")]) == 0
+        assert tasks.main(["collect", str(tmp_path / "p"), "--out",
+                           str(tmp_path / "c")]) == 0
+    written = sorted(os.path.relpath(os.path.join(d, n), tmp_path)
+                     for d, _, names in os.walk(tmp_path) for n in names)
+    assert len(written) == 12 and not [w for w in written if "partial" in w or
+                                       os.path.basename(w).startswith(".")], written
+    for w in written:       # a temporary file beside it, named by the pid and at random
+        folder, name = os.path.split(os.path.join(tmp_path, w))
+        temps = [m for m in made if os.path.dirname(m) == folder and
+                 os.path.basename(m).startswith(f".{name}.{os.getpid()}.")]
+        assert temps, f"{w} was not written through a temporary file"
+    assert len(set(made)) == len(made)
+
+
+# --- one command per output: locks ----------------------------------------------------
+
+def _wait_for(predicate, timeout, what, proc=None):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"the command ended (status {proc.returncode}) before {what}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+
+
+def _sweep_holding(root, save, steps="200000"):
+    """argv of a long sweep shard writing run folders under root and checkpoints in save."""
+    argv = [a if a != "40" else steps for a in _SWEEP_TINY]
+    return argv + ["--out", str(root), "--save", str(save), "--shard", "0/2"]
+
+
+class _Trained(Exception):
+    pass
+
+
+def test_a_second_command_refuses_an_output_in_use_but_shards_share_their_root(
+        tmp_path, capsys, monkeypatch):
+    root, save = tmp_path / "r", tmp_path / "s"
+    holder = subprocess.Popen([sys.executable, os.path.join(REPO, "tasks.py"),
+                               *_sweep_holding(root, save)], cwd=REPO,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    try:
+        _wait_for(lambda: list(root.glob("job-*.json")), 60, "its locks", holder)
+
+        def trained(*a, **k):
+            raise _Trained
+        monkeypatch.setattr(tasks, "run_many", trained)
+        # the same shard, and another root with the same checkpoints: refused, untrained
+        _usage_error(_sweep_holding(root, save) + ["--force"], capsys,
+                     rf"seed\d-lr[^ ]* is in use by another run \(process {holder.pid}\)")
+        _usage_error(_sweep_holding(tmp_path / "r2", save) + ["--force"], capsys,
+                     rf"\.npz is in use by another run \(process {holder.pid}\)")
+        other = _sweep_holding(root, save)      # its own run folders and checkpoints
+        other[other.index("0/2")] = "1/2"
+        with pytest.raises(_Trained):          # the other shard of the job starts at once
+            tasks.main(other)
+        os.kill(holder.pid, signal.SIGKILL)     # leaves its lock files, not its locks
+        holder.wait(timeout=10)
+        with pytest.raises(_Trained):
+            tasks.main(_sweep_holding(root, save) + ["--force"])
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=10)
+    assert not list(root.glob("*/.lock"))    # ours were removed when main returned
+
+
+def test_locks_are_released_and_removed_when_a_command_ends(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert tasks.main(["adding", *_QUICK, "--schemes", "np", "--seeds", "1",
+                       "--out", str(out), "--save", str(out)]) == 0
+    assert not tasks._HELD_LOCKS
+    assert not [p for p in out.rglob(".*")]
+    # the same outputs again, in the same process: free (with --force, as they exist)
+    assert tasks.main(["adding", *_QUICK, "--schemes", "np", "--seeds", "1",
+                       "--out", str(out), "--save", str(out), "--force"]) == 0
+
+
+# --- worker processes die with their parent --------------------------------------------
+
+def _children(pid):
+    """The pids of the live processes whose parent is ``pid`` (read from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.append(int(entry))
+    return found
+
+
+def _alive(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"       # a zombie is dead
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"),
+                    reason="finds the workers in /proc (Linux)")
+def test_workers_die_with_their_parent_and_stop_writing_checkpoints(tmp_path):
+    save = tmp_path / "D"
+    argv = ["adding", "--seq-len", "6", "--hidden", "4", "--steps", "1000000",
+            "--eval-every", "50", "--test-size", "8", "--batch", "4", "--schemes",
+            "np,irnn", "--seeds", "1", "--jobs", "2", "--progress-every", "1000",
+            "--save", str(save)]
+    parent = subprocess.Popen([sys.executable, os.path.join(REPO, "tasks.py"), *argv],
+                              cwd=REPO, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        # both workers are training once both checkpoints exist
+        _wait_for(lambda: len(list(save.glob("*.npz"))) == 2, 60, "two checkpoints",
+                  parent)
+        workers = _children(parent.pid)
+        assert len(workers) >= 2, workers     # two workers (and multiprocessing's helpers)
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait(timeout=10)
+        _wait_for(lambda: not any(_alive(p) for p in workers), 5,
+                  "the workers to end with their parent")
+        state = (lambda: {p.name: (p.stat().st_mtime_ns, p.stat().st_size)
+                          for p in save.iterdir()})
+        before = state()
+        time.sleep(1.5)                      # a checkpoint was written every few ms
+        assert state() == before
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(parent.pid, signal.SIGKILL)       # whatever is left of it
+        parent.wait(timeout=10)
+
+
+# --- outputs that the user cannot write (permission bits, as an unprivileged user) --------
+
+_AS_USER_DRIVER = r"""
+import contextlib, io, json, sys
+import tasks
+results = []
+for argv in json.loads(sys.argv[1]):
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = tasks.main(argv)
+    results.append([rc, out.getvalue(), err.getvalue()])
+print(json.dumps(results))
+"""
+NOBODY = 65534
+
+
+def _main_quietly(argvs):
+    """[status, stdout, stderr] of tasks.main(argv) for each argv, in this process."""
+    results = []
+    for argv in argvs:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            rc = tasks.main(argv)
+        results.append([rc, out.getvalue(), err.getvalue()])
+    return results
+
+
+def _as_nobody_forked(argvs, cwd, report):
+    """_main_quietly(argvs) in a forked copy of this process that first gives up root
+    for the user nobody; the results come back through the file ``report``."""
+    pid = os.fork()
+    if pid == 0:                                  # the child: never returns to pytest
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            os.chdir(cwd)
+            with open(report, "w") as f:
+                json.dump(_main_quietly(argvs), f)
+            code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 120
+    while os.waitpid(pid, os.WNOHANG) == (0, 0):
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the commands run as nobody did not end within 120 s")
+        time.sleep(0.05)
+    with open(report) as f:
+        return json.load(f)
+
+
+def _as_unprivileged(argvs, base):
+    """Run argvs where permission bits apply: as this user when it is not root; as root,
+    as the user nobody, with setpriv in a fresh interpreter that imports the copies of
+    tasks.py and nprnn_ref.py in ``base`` (this is how CI runs it), or, where this
+    interpreter's files are closed to nobody or setpriv is missing, in a forked copy of
+    this process that gives up root before it runs them."""
+    if os.geteuid() != 0:
+        cwd = os.getcwd()
+        try:
+            os.chdir(base)
+            return _main_quietly(argvs)
+        finally:
+            os.chdir(cwd)
+    report = os.path.join(base, "rw", "results.json")
+    user = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    env = dict(os.environ, PYTHONPATH=base, HOME=base, MPLCONFIGDIR=os.path.join(base, "rw"))
+    usable = shutil.which("setpriv") is not None and subprocess.run(
+        user + [sys.executable, "-c", "import numpy, tasks"], cwd=base, env=env,
+        capture_output=True, timeout=60).returncode == 0
+    if not usable:
+        return _as_nobody_forked(argvs, base, report)
+    r = subprocess.run(user + [sys.executable, "-c", _AS_USER_DRIVER, json.dumps(argvs)],
+                       cwd=base, capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return json.loads(r.stdout)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork") or not hasattr(os, "geteuid"),
+                    reason="needs POSIX users and permission bits")
+def test_outputs_the_user_cannot_write_are_refused_before_any_work(tmp_path,
+                                                                    finished_paper_root):
+    # For root, permission bits block nothing: root runs the commands as nobody (see
+    # _as_unprivileged), from a folder anyone can read, on outputs in ro/ (root's, 0755).
+    base = tempfile.mkdtemp(prefix="nprnn-ref-perm-")
+    try:
+        os.chmod(base, 0o755)
+        for name in ("tasks.py", "nprnn_ref.py"):
+            shutil.copy(os.path.join(REPO, name), base)
+        ro, rw = os.path.join(base, "ro"), os.path.join(base, "rw")
+        shutil.copytree(finished_paper_root, os.path.join(ro, "root"))
+        run = next(p for p in os.listdir(os.path.join(ro, "root")) if not p.endswith("json"))
+        os.unlink(os.path.join(ro, "root", run, "summary.json"))   # unfinished: resumable
+        os.makedirs(rw)
+        os.chmod(rw, 0o777)
+        if os.geteuid() != 0:                   # not root: close ro/ to this user
+            for d, _, _ in os.walk(ro):
+                os.chmod(d, 0o555)
+        adding = ["adding", *_QUICK, "--schemes", "np", "--seeds", "1"]
+        paper = ["paper", "adding", *_QUICK_PAPER]
+        j = (lambda *p: os.path.join(ro, *p))
+        root = j("root")
+        refused = [
+            adding + ["--out", j("o")], adding + ["--out", ro, "--force"],
+            adding + ["--save", ro], adding + ["--save", j("a", "b")],
+            adding + ["--plot", j("f.png")],
+            adding + ["--out", os.path.join(rw, "o2"), "--plot", j("f")],
+            ["sweep"] + _SWEEP_TINY[1:] + ["--out", j("s"), "--shard", "0/2"],
+            paper + ["--out", j("p")], paper + ["--out", root, "--resume"],
+            ["resume", root], ["collect", root, "--partial", "--out", j("c")],
+            ["collect", root, "--partial", "--plot", j("c.png")],
+            ["export-fixtures", j("fixtures")], ["dynamics", "--plot", j("d.png")],
+            ["gradflow", "--plot", j("g.png")], ["sensitivity", "--plot", j("s.png")],
+            ["spectrum", "--plot", j("s.png")],
+        ]
+        allowed = [adding + ["--out", os.path.join(rw, "o")]]   # the control: it can write
+        results = _as_unprivileged(refused + allowed, base)
+        for argv, (rc, out, err) in zip(refused, results):
+            assert rc == 2 and err.count("\n") == 1 and "no write permission in" in err \
+                and "Traceback" not in err, (argv, rc, err)
+        rc, out, err = results[-1]
+        assert rc == 0 and os.path.isfile(os.path.join(rw, "o", "summary.json")), err
+        assert sorted(os.listdir(ro)) == ["root"] and not os.path.exists(
+            os.path.join(rw, "o2"))
+    finally:
+        for d, _, _ in os.walk(base):
+            with contextlib.suppress(OSError):
+                os.chmod(d, 0o755)
+        shutil.rmtree(base, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Files, checkpoints and sizes: what the readers refuse and why, what --resume takes from
+# a checkpoint, sizes that cannot fit, junk into the library, the layouts written before
+# ---------------------------------------------------------------------------------------
+
+def _ck_entries(params, config, step=3, velocity=None, rng_state=None, history=None):
+    """The entries of a training checkpoint, format "nprnn-ref-checkpoint/1", laid out by
+    hand: the five parameters, velocity_<name> of each, step (0-d int64), config and
+    rng_state (0-d JSON strings), format (0-d str), and history (0-d JSON) when given."""
+    a = {k: params[k] for k in nr.PARAM_NAMES}
+    for k in nr.PARAM_NAMES:
+        a["velocity_" + k] = np.zeros_like(params[k]) if velocity is None else velocity[k]
+    a["step"] = np.array(step, np.int64)
+    a["config"] = np.array(json.dumps(config, sort_keys=True))
+    a["rng_state"] = np.array(rng_state if rng_state is not None else
+                              json.dumps(np.random.default_rng(0).bit_generator.state))
+    a["format"] = np.array("nprnn-ref-checkpoint/1")
+    if history is not None:
+        a["history"] = np.array(json.dumps(history))
+    return a
+
+
+# The config of a training checkpoint as the first version with checkpoints wrote it:
+# CHECKPOINT_CONFIG_KEYS plus permuted and train_size (no inputs, no dataset).
+_FIRST_CONFIG = {"task": "adding", "scheme": "np", "nonlinearity": "relu", "seq_len": 6,
+                 "hidden": 4, "lr": 0.01, "momentum": 0.0, "clip": 10.0, "batch": 16,
+                 "seed": 0, "permuted": False, "train_size": None}
+
+
+def _small_params(task="adding", H=4, seed=0):
+    D, O = (2, 1) if task in ("adding", "multiply") else (1, 10)
+    return nr.init_params(D, H, O, "np", np.random.default_rng(seed))
+
+
+def _not_npz_files(tmp_path):
+    """Files that are not .npz archives, with the reason a reader must give."""
+    npy = tmp_path / "weights.npy"
+    np.save(npy, np.ones(3))
+    empty = tmp_path / "empty.npz"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.npz"
+    text.write_text("hello")
+    with zipfile.ZipFile(tmp_path / "textzip.npz", "w") as z:
+        z.writestr("x_train.npy", "not a .npy array")          # a zip, its entry not .npy
+    objects = tmp_path / "objects.npz"
+    np.savez(objects, x_train=np.array([None, 1], dtype=object))  # needs pickle to load
+    return [(npy, "is a .npy array, not an .npz archive"),
+            (empty, "the file is empty, not an .npz archive"),
+            (text, "not a zip archive: it starts with b'hello'"),
+            (tmp_path / "textzip.npz", "entry 'x_train' is not a .npy array"),
+            (objects, "entry 'x_train'.*Object arrays cannot be loaded")]
+
+
+def test_npz_readers_name_the_file_that_is_not_an_npz_archive(tmp_path, capsys):
+    argv = [a for a in _CLI_TINY[:-2]]                          # no --seeds with --resume
+    for path, why in _not_npz_files(tmp_path):
+        with pytest.raises(ValueError, match=re.escape(f"{path} is not an nprnn-ref "
+                                                       "checkpoint: ") + ".*" + why):
+            tasks.load_checkpoint(path)
+        with pytest.raises(ValueError, match=re.escape(f"{path}: not a readable .npz file: ")
+                           + ".*" + why):
+            tasks.load_mnist(path)
+        _usage_error(["adding", *argv, "--resume", str(path)], capsys,
+                     re.escape(f"--resume: {path}") + ".*" + why)
+        _usage_error(["spectrum", "--trained", str(path)], capsys, re.escape(str(path))
+                     + ".*" + why)
+        _usage_error(["mnist", "--data", str(path), "--epochs", "1"], capsys,
+                     re.escape(str(path)) + ".*" + why)
+    folder = tmp_path / "a-folder.npz"
+    folder.mkdir()
+    with pytest.raises(ValueError, match=re.escape(f"{folder}") + ".*it is a folder"):
+        tasks.load_checkpoint(folder)
+
+
+# Each fault of a checkpoint's config, on parameters of the adding problem (D=2, O=1,
+# H=4) or of the pixel task (D=1, O=10, H=4), with the message naming the field.
+_CONFIG_FAULTS = [
+    ("adding", {"scheme": "bogus"}, "config: scheme must be one of np, np-tanh"),
+    ("adding", {"nonlinearity": "tanh"}, "config: nonlinearity must be 'relu', scheme "
+                                         "'np''s, got 'tanh'"),
+    ("adding", {"hidden": 100}, "config: hidden=100 but W_hh is 4 x 4"),
+    ("adding", {"hidden": True}, "config: hidden must be an integer >= 1, got True"),
+    ("adding", {"task": "digits", "seq_len": 64}, "config: the digits task has D=1 inputs "
+                                                  "and O=10 outputs, but W_hx and W_yh give "
+                                                  "D=2, O=1"),
+    ("adding", {"task": "juggling"}, "config: task must be one of adding, multiply"),
+    ("adding", {"seq_len": 1}, "config: seq_len must be an integer >= 2, got 1"),
+    ("adding", {"seq_len": 6.0}, "config: seq_len must be an integer >= 2, got 6.0"),
+    ("adding", {"batch": 0}, "config: batch must be an integer >= 1, got 0"),
+    ("adding", {"lr": -0.1}, "config: lr must be a finite number > 0, got -0.1"),
+    ("adding", {"lr": float("nan")}, "config: lr must be a finite number > 0, got nan"),
+    ("adding", {"momentum": -1}, "config: momentum must be a finite number >= 0, got -1"),
+    ("adding", {"clip": 0}, "config: clip must be None .no clipping. or a finite number > 0"),
+    ("adding", {"seed": -1}, "config: seed must be an integer >= 0, got -1"),
+    ("adding", {"seed": "0"}, "config: seed must be an integer >= 0, got '0'"),
+    ("adding", {"inputs": "mine"}, "config: inputs must be one of scheme, paper, le"),
+    ("adding", {"permuted": True}, "config: permuted must be False for the adding"),
+    ("adding", {"train_size": 10}, "config: train_size must be None for the adding"),
+    ("adding", {"dataset": "mnist"}, "config: dataset must be None"),
+    ("adding", {"colour": "blue"}, "config has unknown keys 'colour'"),
+    ("adding", {"seed": None, "drop": "seed"}, "config is missing seed"),
+    ("pixel", {"task": "pixel", "seq_len": 784}, "config: dataset must be one of mnist, "
+                                                 "fashion-mnist, got None"),
+    ("pixel", {"task": "pixel", "dataset": "mnist"}, "config: seq_len must be 784 .one step "
+                                                     "per pixel of the pixel task., got 6"),
+    ("pixel", {"task": "pixel", "seq_len": 784, "dataset": "mnist", "permuted": "yes"},
+     "config: permuted must be True or False, got 'yes'"),
+    ("pixel", {"task": "pixel", "seq_len": 784, "dataset": "mnist", "train_size": 0},
+     "config: train_size must be None .all the training images. or an integer >= 1"),
+]
+
+
+@pytest.mark.parametrize("kind, change, match", _CONFIG_FAULTS,
+                         ids=[m.split(": ")[-1][:40] for _, _, m in _CONFIG_FAULTS])
+def test_a_checkpoint_config_is_checked_field_by_field_and_against_the_arrays(
+        tmp_path, kind, change, match):
+    params = _small_params(kind)
+    config = dict(_FIRST_CONFIG, **{k: v for k, v in change.items() if k != "drop"})
+    config.pop(change.get("drop"), None)
+    path = tmp_path / "c.npz"
+    np.savez(path, **_ck_entries(params, config))
+    with pytest.raises(ValueError, match=re.escape(f"{path}: ") + match):
+        tasks.load_checkpoint(path)
+    # save_checkpoint refuses the same config, before writing anything
+    with pytest.raises(ValueError, match="^" + match):
+        tasks.save_checkpoint(tmp_path / "new.npz", params, None, 3, config,
+                              np.random.default_rng(0))
+    assert not (tmp_path / "new.npz").exists()
+
+
+def test_a_checkpoint_of_an_unknown_scheme_is_a_usage_error_not_a_key_error(tmp_path, capsys):
+    path = tmp_path / "c.npz"
+    np.savez(path, **_ck_entries(_small_params(), dict(_FIRST_CONFIG, scheme="bogus")))
+    _usage_error(["adding", *_CLI_TINY[:-2], "--resume", str(path)], capsys,
+                 re.escape(f"--resume: {path}: config: scheme must be one of"))
+
+
+def _history(curve=None, **changes):
+    h = {"curve": [{"step": 0, "train_loss": None, "test_mse": 0.2, "test_within": 0.1}]
+         if curve is None else curve, "best": 0.2, "best_within": 0.1,
+         "steps_to_target": None, "window": [0.3], "train_seconds": 0.5, "wall_seconds": 1.0}
+    h.update(changes)
+    return h
+
+
+@pytest.mark.parametrize("entries, match", [
+    (dict(notes=np.array("mine")), "unknown entries 'notes'"),
+    (dict(history=np.array(json.dumps(dict(_history(), parts=1)))),
+     "history has unknown fields 'parts'"),
+    (dict(history=np.array(json.dumps({k: v for k, v in _history().items()
+                                       if k != "window"}))), "history is missing window"),
+    (dict(history=np.array(json.dumps(_history(curve=[{"step": 0, "train_loss": None,
+                                                       "test_mse": 0.2}])))),
+     r"history: curve\[0\] is missing test_within"),
+    (dict(history=np.array(json.dumps(_history(curve=[{
+        "step": 0, "train_loss": None, "test_loss": 2.3, "test_accuracy": 0.1}])))),
+     r"history: curve\[0\] is missing test_mse, test_within"),     # a classification curve
+    (dict(history=np.array(json.dumps(_history(curve=[{
+        "step": 99, "train_loss": None, "test_mse": 0.2, "test_within": 0.1}])))),
+     r"history: curve\[0\] is at step 99, after the checkpoint's step 3"),
+    (dict(history=np.array(json.dumps(_history(window=["x"])))),
+     r"history: window\[0\] must be a number, got 'x'"),
+    (dict(history=np.array(json.dumps(_history(wall_seconds=-1.0)))),
+     "history: wall_seconds must be a finite number >= 0, got -1.0"),
+])
+def test_checkpoint_entries_and_history_are_checked_naming_the_file(tmp_path, entries, match):
+    path = tmp_path / "c.npz"
+    a = _ck_entries(_small_params(), _FIRST_CONFIG, history=_history())
+    tasks_ok = tmp_path / "ok.npz"
+    np.savez(tasks_ok, **a)
+    assert tasks.load_checkpoint(tasks_ok)["history"] == _history()     # the fault is all
+    np.savez(path, **dict(a, **entries))
+    with pytest.raises(ValueError, match=re.escape(str(path)) + ".*" + match):
+        tasks.load_checkpoint(path)
+
+
+def test_mnist_files_with_an_empty_split_or_overflowing_dimensions_name_the_file(tmp_path):
+    data = _tiny_mnist(np.random.default_rng(7))
+    empty = dict(data, x_test=data["x_test"][:0], y_test=data["y_test"][:0])
+    np.savez(tmp_path / "mnist.npz", **empty)
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "mnist.npz"))
+                       + ": the test split is empty"):
+        tasks.load_mnist(tmp_path / "mnist.npz")
+    folder = _write_idx_dir(tmp_path / "idx", empty)                # the same, as IDX files
+    with pytest.raises(ValueError, match=re.escape(str(folder)) + ": the test split is empty"):
+        tasks.load_mnist(folder)
+    # An IDX header announcing 2^31 x 2^31 x 4 images: 2^64 = 18446744073709551616 bytes,
+    # which int64 arithmetic wraps to 0, the size of the (empty) body.
+    huge = (2051).to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in
+                                                 (2**31, 2**31, 4))
+    path = tmp_path / "huge-idx3-ubyte"
+    path.write_bytes(huge)
+    with pytest.raises(ValueError, match=re.escape(
+            f"{path}: header announces shape (2147483648, 2147483648, 4) = "
+            "18446744073709551616 bytes of data, file holds 0")):
+        tasks.read_idx(path, 3)
+    with pytest.raises(ValueError, match=r"ndim must be 1 \(labels\) or 3 \(images\), got 2"):
+        tasks.read_idx(path, 2)
+
+
+# --- run folders of the paper's protocol: every field of every file checked -------------
+
+def _paper_folder(tmp_path, finished):
+    """A run folder of the rmsprop case of RESUMABLE (adding, hidden 8, 80 updates):
+    finished (run.json, checkpoint.npz, curves.csv, summary.json) or paused at 13."""
+    kw, (k1, _) = RESUMABLE["rmsprop"]
+    folder = tasks.create_run_folder(tmp_path, _spec(**kw))
+    tasks.train_paper_run(folder, until=None if finished else k1)
+    return folder
+
+
+def _edit_json(path, edit):
+    with open(path) as f:
+        d = json.load(f)
+    edit(d)
+    with open(path, "w") as f:
+        json.dump(d, f)
+
+
+_RUN_JSON_FAULTS = [
+    (lambda m: m["spec"].update(seed="0"), "spec: seed must be an integer >= 0, got '0'"),
+    (lambda m: m["spec"].update(task="paint"), "spec: task must be one of adding, multiply"),
+    (lambda m: m["spec"].update(cool_epochs=3), "spec: cool_epochs must be a list, got 3"),
+    (lambda m: m["spec"].update(cool_epochs=["33"]), "spec: cool_epochs must be a list of "
+                                                     "integers"),
+    (lambda m: m["spec"].update(dataset="mnist"), "spec: dataset must be null, and data null"),
+    (lambda m: m["spec"].update(batch=41), "spec: batch must be <= train_size=40, got 41"),
+    (lambda m: m["spec"].update(clip=-1.0), "spec: clip must be a finite number > 0"),
+    (lambda m: m["spec"].update(lr=None), "spec: lr must be a number, got None"),
+    (lambda m: m.update(colour="blue"), "has unknown fields 'colour'"),
+    (lambda m: m.update(choices=[1]), "choices must be a list of strings"),
+    (lambda m: m.update(dirty="yes"), "dirty must be true or false or null, got 'yes'"),
+    (lambda m: m.pop("numpy"), "is missing numpy"),
+]
+_SUMMARY_FAULTS = [
+    (lambda s: s.update(status="done"), "status must be 'finished', 'diverged' or 'paused'"),
+    (lambda s: s.update(run="other"), "run must be 'adding-T6-irnn-seed0', got 'other'"),
+    (lambda s: s.update(lr=0.5), "lr=0.5 differs from run.json's 0.001"),
+    (lambda s: s.update(updates=7), "updates must be 80, got 7"),
+    (lambda s: s.update(wall_seconds=-1), "wall_seconds must be a finite number >= 0"),
+    (lambda s: s.pop("final_test_mse"), "is missing final_test_mse"),
+    (lambda s: s.update(best_metric="high"), "best_metric must be a number or null"),
+]
+
+
+@pytest.mark.parametrize("edit, match", _RUN_JSON_FAULTS,
+                         ids=[m[:40] for _, m in _RUN_JSON_FAULTS])
+def test_every_field_of_run_json_is_checked(tmp_path, edit, match):
+    folder = _paper_folder(tmp_path, finished=True)
+    path = os.path.join(folder, "run.json")
+    _edit_json(path, edit)
+    with pytest.raises(ValueError, match=re.escape(path) + ":? " + match):
+        tasks.read_run_folder(folder)
+
+
+@pytest.mark.parametrize("edit, match", _SUMMARY_FAULTS,
+                         ids=[m[:40] for _, m in _SUMMARY_FAULTS])
+def test_every_field_of_summary_json_is_checked(tmp_path, edit, match):
+    folder = _paper_folder(tmp_path, finished=True)
+    path = os.path.join(folder, "summary.json")
+    _edit_json(path, edit)
+    with pytest.raises(ValueError, match=re.escape(path) + ":? " + match):
+        tasks.read_run_folder(folder)
+    with open(path, "w") as f:
+        f.write("{")
+    with pytest.raises(ValueError, match=re.escape(path) + ": not a readable JSON file"):
+        tasks.read_run_folder(folder)
+
+
+def _replace_params(a, H):
+    p = nr.init_params(2, H, 1, "irnn", np.random.default_rng(0))
+    a.update(p)
+    a.update({"opt_" + k: np.zeros_like(v) for k, v in p.items()})
+
+
+_RUN_CHECKPOINT_FAULTS = [
+    (lambda a: a.update(notes=np.array("mine")), "unknown entries 'notes'"),
+    (lambda a: a.pop("pending_losses"), "missing pending_losses"),
+    (lambda a: a.update(update=np.array(10**6)), "update must be a 0-d integer in 0..80"),
+    (lambda a: _replace_params(a, 3), "the run has hidden=8, D=2, O=1 in float64; the "
+                                      "parameters give hidden=3, D=2, O=1 in float64"),
+    (lambda a: a.update({k: a[k].astype(np.float32) for k in nr.PARAM_NAMES}),
+     "the parameters give hidden=8, D=2, O=1 in float32"),
+    (lambda a: a.update(opt_W_hh=-np.ones((8, 8))), "opt_W_hh must be finite with shape "
+                                                    r"\(8, 8\) and dtype float64, and >= 0"),
+    (lambda a: a.update(opt_state_set=np.array(1)), "opt_state_set must be a 0-d bool"),
+    (lambda a: a.update(pending_losses=np.array([np.nan])), "pending_losses must be a 1-d "
+                                                            "array of finite float64"),
+    (lambda a: a.update(spec=np.array("{")), "spec is not valid JSON"),
+    (lambda a: a.update(history=np.array(json.dumps(
+        {k: v for k, v in json.loads(str(a["history"])).items() if k != "parts"}))),
+     "history is missing parts"),
+    (lambda a: a.update(history=np.array(json.dumps(dict(
+        json.loads(str(a["history"])), curve=[{"update": 999}])))),
+     r"history: curve\[0\] is missing epoch"),
+]
+
+
+@pytest.mark.parametrize("edit, match", _RUN_CHECKPOINT_FAULTS,
+                         ids=[m[:40] for _, m in _RUN_CHECKPOINT_FAULTS])
+def test_every_entry_of_a_run_checkpoint_is_checked(tmp_path, edit, match):
+    folder = _paper_folder(tmp_path, finished=False)
+    path = os.path.join(folder, "checkpoint.npz")
+    a = _checkpoint(folder)
+    edit(a)
+    np.savez(path, **a)
+    with pytest.raises(ValueError, match=re.escape(path) + ".*" + match):
+        tasks.train_paper_run(folder)
+
+
+def test_a_run_checkpoint_that_is_a_npy_array_names_the_file(tmp_path):
+    folder = _paper_folder(tmp_path, finished=False)
+    path = os.path.join(folder, "checkpoint.npz")
+    with open(path, "wb") as f:
+        np.save(f, np.ones(3))
+    with pytest.raises(ValueError, match=re.escape(path) + ".*is a .npy array"):
+        tasks.train_paper_run(folder)
+
+
+# --- what --resume takes from a checkpoint, and what contradicts it ---------------------
+
+_RESUME_TINY = ["--steps", "20", "--eval-every", "10", "--test-size", "16", "--jobs", "1",
+                "--progress-every", "1000"]
+
+
+@pytest.fixture(scope="module")
+def adding_checkpoint(tmp_path_factory):
+    """A checkpoint of the adding problem at step 10 whose every recorded setting differs
+    from the command line's default."""
+    ck = tmp_path_factory.mktemp("ck")
+    assert tasks.main(["adding", "--seq-len", "6", "--hidden", "4", "--batch", "4",
+                       "--lr", "0.02", "--momentum", "0.5", "--clip", "5", "--inputs", "le",
+                       "--steps", "10", "--eval-every", "10", "--test-size", "16",
+                       "--schemes", "np", "--seeds", "1", "--seed", "3", "--jobs", "1",
+                       "--save", str(ck)]) == 0
+    return ck / "adding_np_seed3.npz"
+
+
+def test_cli_resume_takes_every_recorded_setting_from_the_checkpoint(tmp_path,
+                                                                    adding_checkpoint):
+    assert tasks.main(["adding", *_RESUME_TINY, "--resume", str(adding_checkpoint),
+                       "--out", str(tmp_path / "o")]) == 0
+    run = json.loads((tmp_path / "o" / "summary.json").read_text())["runs"][0]
+    assert {k: run[k] for k in ("seq_len", "hidden", "batch", "lr", "momentum", "clip",
+                                "inputs", "seed", "scheme", "start_step", "steps_done")} == {
+        "seq_len": 6, "hidden": 4, "batch": 4, "lr": 0.02, "momentum": 0.5, "clip": 5.0,
+        "inputs": "le", "seed": 3, "scheme": "np", "start_step": 10, "steps_done": 10}
+    # the same settings given explicitly agree with the checkpoint
+    assert tasks.main(["adding", *_RESUME_TINY, "--resume", str(adding_checkpoint),
+                       "--seq-len", "6", "--hidden", "4", "--batch", "4", "--lr", "0.02",
+                       "--momentum", "0.5", "--clip", "5", "--inputs", "le"]) == 0
+
+
+@pytest.mark.parametrize("option, value, recorded", [
+    ("--hidden", "5", "hidden=4"), ("--batch", "16", "batch=4"), ("--lr", "0.01", "lr=0.02"),
+    ("--momentum", "0.0", "momentum=0.5"), ("--clip", "10.0", "clip=5.0"),
+    ("--clip", "none", "clip=5.0"), ("--seq-len", "50", "seq_len=6"),
+    ("--inputs", "paper", "inputs='le'")])
+def test_cli_resume_refuses_an_option_that_contradicts_the_checkpoint(
+        tmp_path, capsys, adding_checkpoint, option, value, recorded):
+    _usage_error(["adding", *_RESUME_TINY, "--resume", str(adding_checkpoint), option, value,
+                  "--out", str(tmp_path / "o")], capsys,
+                 re.escape(f"{option} {value} contradicts the checkpoint {adding_checkpoint}, "
+                           f"which has {recorded}"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_cli_resume_of_the_pixel_task_takes_dataset_permutation_and_training_set(
+        tmp_path, capsys):
+    data = tmp_path / "mnist.npz"
+    np.savez(data, **_tiny_mnist(np.random.default_rng(8), n_train=8, n_test=4))
+    tiny = ["--data", str(data), "--hidden", "3", "--batch", "4", "--jobs", "1",
+            "--progress-every", "1000"]
+    for name, extra in (("perm", ["--permuted", "--train-size", "8", "--inputs", "scheme"]),
+                        ("plain", [])):
+        assert tasks.main(["pixel", "--dataset", "mnist", *tiny, "--epochs", "1",
+                           "--schemes", "np", "--seeds", "1", *extra, "--save",
+                           str(tmp_path / name)]) == 0
+    perm, plain = tmp_path / "perm" / "pixel_np_seed0.npz", tmp_path / "plain" / \
+        "pixel_np_seed0.npz"
+    # no --dataset, --permuted, --train-size, --inputs, --hidden, --batch: all from it
+    assert tasks.main(["pixel", "--data", str(data), "--epochs", "2", "--jobs", "1",
+                       "--resume", str(perm), "--out", str(tmp_path / "o")]) == 0
+    run = json.loads((tmp_path / "o" / "summary.json").read_text())["runs"][0]
+    assert {k: run[k] for k in ("dataset", "permuted", "inputs", "hidden", "batch",
+                                "start_step", "steps")} == {
+        "dataset": "mnist", "permuted": True, "inputs": "scheme", "hidden": 3, "batch": 4,
+        "start_step": 2, "steps": 4}
+    for ck, option, recorded in (
+            (perm, ["--dataset", "fashion-mnist"], "dataset='mnist'"),
+            (perm, ["--train-size", "4"], "train_size=8"),
+            (perm, ["--inputs", "paper"], "inputs='scheme'"),
+            (plain, ["--permuted"], "permuted=False"),
+            (plain, ["--train-size", "8"], "train_size=None")):
+        _usage_error(["pixel", "--data", str(data), "--epochs", "2", "--resume", str(ck),
+                      *option], capsys, re.escape(f"{' '.join(option)} contradicts the "
+                                                  f"checkpoint {ck}, which has {recorded}"))
+
+
+# --- sizes: larger than the data, or than the machine -----------------------------------
+
+def test_image_sets_smaller_than_asked_are_refused_before_any_training(tmp_path, capsys):
+    data = tmp_path / "mnist.npz"
+    np.savez(data, **_tiny_mnist(np.random.default_rng(9), n_train=8, n_test=4))
+    base = ["mnist", "--data", str(data), "--epochs", "1", "--hidden", "3", "--jobs", "1",
+            "--out", str(tmp_path / "o")]
+    _usage_error(base + ["--test-size", "5"], capsys,
+                 re.escape(f"test_size=5 is more than the 4 test images of {data}"))
+    _usage_error(base + ["--train-size", "9"], capsys,
+                 re.escape(f"train_size=9 is more than the 8 training images of {data}"))
+    _usage_error(base + ["--batch", "9"], capsys,
+                 re.escape("batch 9 is larger than the training set (8 images)"))
+    assert not (tmp_path / "o").exists()
+    cfg = tasks.RunConfig(task="pixel", scheme="np", dataset="mnist", data=str(data),
+                          epochs=1, test_size=5)
+    with pytest.raises(ValueError, match="test_size=5 is more than the 4 test images"):
+        tasks.train_run(cfg)
+    # the defaults: 1000 sequences or images, the digits' whole test split
+    assert tasks.RunConfig(task="adding", scheme="np", seq_len=5, steps=1).test_size == 1000
+    assert tasks.RunConfig(task="pixel", scheme="np", dataset="mnist", epochs=1
+                           ).test_size == 1000
+    assert tasks.RunConfig(task="digits", scheme="np", epochs=1).test_size is None
+
+
+def test_digits_test_size_larger_than_its_test_split_is_refused(tmp_path, capsys):
+    pytest.importorskip("sklearn")
+    # 1797 images, round(0.2 * 1797) = 359 of them for testing
+    _usage_error(["digits", "--test-size", "360", "--epochs", "1", "--out",
+                  str(tmp_path / "o")], capsys,
+                 re.escape("test_size=360 is more than the 359 test images of scikit-learn's "
+                           "8x8 digits"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_pixel_sequences_take_bytes_or_scaled_floats_and_whole_permutations():
+    img = np.array([[0, 51, 255, 102]], np.uint8)                    # (n=1, P=4)
+    np.testing.assert_array_equal(tasks.pixel_sequences(img)[:, 0, 0],
+                                  [0.0, 0.2, 1.0, 0.4])              # 51 / 255 = 0.2
+    scaled = np.array([[0.0, 0.25, 1.0, 0.5]], np.float32)
+    got = tasks.pixel_sequences(scaled, permutation=[3, 2, 1, 0])
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got[:, 0, 0], [0.5, 1.0, 0.25, 0.0])
+    with pytest.raises(TypeError, match="uint8 pixels 0..255 or floats in .0, 1., got dtype "
+                                        "int64"):
+        tasks.pixel_sequences(img.astype(np.int64))                  # unscaled integers
+    with pytest.raises(ValueError, match=r"must lie in \[0, 1\] .pixels already scaled., "
+                                         "got 51.0"):
+        tasks.pixel_sequences(img.astype(np.float64))
+    with pytest.raises(ValueError, match="got nan"):
+        tasks.pixel_sequences(np.array([[0.5, np.nan]]))
+    with pytest.raises(ValueError, match=r"permutation must be a permutation of range\(P=4\), "
+                                         r"got shape \(3,\)"):
+        tasks.pixel_sequences(img, permutation=np.array([2, 1, 0]))  # would shorten T
+    with pytest.raises(ValueError, match="repeated or out-of-range"):
+        tasks.pixel_sequences(img, permutation=np.array([0, 0, 1, 2]))
+    with pytest.raises(TypeError, match="permutation must be an array of integers"):
+        tasks.pixel_sequences(img, permutation=np.array([0.0, 1.0, 2.0, 3.0]))
+    with pytest.raises(ValueError, match=r"images must have shape \(n, P\) with n, P >= 1"):
+        tasks.pixel_sequences(img[:0])
+
+
+@pytest.mark.parametrize("argv, gib", [
+    # 8 bytes x T=6 x batch=1e11 x (D=2 + 3 x hidden=4) = 6.72e13 bytes = 6.26e4 GiB
+    (["--batch", "100000000000"], "6.26e+04 GiB"),
+    # parameters: 4 copies x 8 bytes x (1e6 x 2 + 1e12 + 1e6 + 1e6 + 1) = 3.2e13 bytes;
+    # with a batch (5.76e8) and the test set (9.6e7 + 1.6e3): 2.98e4 GiB
+    (["--hidden", "1000000"], "2.98e+04 GiB"),
+    # the test set: 8 x (6 x 1e12 x 2 + 1e12 + 2 x 6 x 166666 x 4) = 1.04e14 = 9.69e4 GiB
+    (["--test-size", "1000000000000"], "9.69e+04 GiB"),
+    # T=1e11: a batch 8 x 1e11 x 4 x 14 = 4.48e13, the test set 8 x (1e11 x 16 x 2 + 16
+    # + 2 x 1e11 x 1 x 4) = 3.2e13: 7.68e13 bytes = 7.15e4 GiB
+    (["--seq-len", "100000000000"], "7.15e+04 GiB"),
+])
+def test_sizes_that_cannot_fit_in_memory_are_refused_up_front_with_both_numbers(
+        tmp_path, capsys, argv, gib):
+    base = ["adding", "--seq-len", "6", "--hidden", "4", "--batch", "4", "--test-size", "16",
+            "--steps", "10", "--schemes", "np", "--seeds", "1", "--jobs", "1", "--out",
+            str(tmp_path / "o")]
+    have = tasks._gib(tasks._physical_memory())
+    _usage_error(base + argv, capsys, re.escape(f"needs about {gib} of memory, more than the "
+                                                f"{have} of physical memory"))
+    assert not (tmp_path / "o").exists()
+
+
+def test_paper_runs_and_the_generators_refuse_sizes_that_cannot_fit(tmp_path, capsys):
+    _usage_error(["paper", "adding", "--seq-len", "6", "--hidden", "1000000", "--out",
+                  str(tmp_path / "r")], capsys, "GiB of physical memory")
+    assert not (tmp_path / "r").exists()
+    with pytest.raises(ValueError, match=r"train_size=1000000000000 x seq_len T=6"):
+        tasks.paper_run("adding", "np", 0, seq_len=6, train_size=10**12, test_size=10)
+    with pytest.raises(ValueError, match="n=1000000000000 sequences of T=50 steps needs"):
+        tasks.adding_problem(10**12, 50, np.random.default_rng(0))
+
+
+def test_the_memory_estimate_adds_parameters_a_batch_and_the_test_set(monkeypatch):
+    # T=10, B=2, H=3, D=2, O=1, 5 test sequences, by hand: parameters 3*2 + 3*3 + 3 + 1*3
+    # + 1 = 22 numbers, 4 copies: 704 bytes; a batch 8 * 10 * 2 * (2 + 3*3) = 1760; the
+    # test set (one chunk of all 5) 8 * (10*5*2 + 5*1 + 2*10*5*3) = 3240: 5704 bytes.
+    parts = tasks.run_memory(10, 2, 3, 2, 1, 5)
+    assert sorted(parts.values()) == [704, 1760, 3240]
+    monkeypatch.setattr(tasks, "_physical_memory", lambda: 5704)
+    assert tasks.check_memory("this", parts) == 5704
+    monkeypatch.setattr(tasks, "_physical_memory", lambda: 5703)
+    with pytest.raises(ValueError, match=r"this needs about 5.31e-06 GiB of memory, more "
+                                         r"than the 5.31e-06 GiB .*the largest part: the "
+                                         r"test set"):
+        tasks.check_memory("this", parts)
+    monkeypatch.setattr(tasks, "_physical_memory", lambda: None)     # not reported: allowed
+    assert tasks.check_memory("this", {"all": 10**30}) == 10**30
+
+
+# --- the layouts written before: checkpoints and run folders that must still continue ----
+
+# The config keys of each layout of "nprnn-ref-checkpoint/1" that was written: the first
+# (no inputs: each scheme's own recipe; no history), then with inputs, then with the
+# history (and, for the pixel task, its dataset).
+_LAYOUTS = {"first": (tuple(_FIRST_CONFIG), False),
+            "inputs": (tuple(_FIRST_CONFIG) + ("inputs",), False),
+            "history": (tuple(_FIRST_CONFIG) + ("inputs",), True)}
+
+
+def _rewrite_checkpoint(src, dst, keys, with_history, **config_changes):
+    """The checkpoint ``src`` written again by hand in an older layout."""
+    with np.load(src, allow_pickle=False) as z:
+        a = {k: z[k] for k in z.files}
+    config = json.loads(str(a["config"]))
+    config = dict({k: config[k] for k in keys if k in config}, **config_changes)
+    np.savez(dst, **_ck_entries({k: a[k] for k in nr.PARAM_NAMES}, config,
+                                step=int(a["step"]),
+                                velocity={k: a["velocity_" + k] for k in nr.PARAM_NAMES},
+                                rng_state=str(a["rng_state"]),
+                                history=json.loads(str(a["history"])) if with_history
+                                else None))
+
+
+@pytest.mark.parametrize("layout", list(_LAYOUTS))
+def test_training_checkpoints_of_every_layout_continue_bit_identically(tmp_path, capsys,
+                                                                      layout):
+    keys, with_history = _LAYOUTS[layout]
+    kw = dict(momentum=0.9, inputs="scheme")       # the first layout's implicit recipe
+    tasks.train_run(_cfg(save=str(tmp_path / "full.npz"), **kw))
+    tasks.train_run(_cfg(steps=13, save=str(tmp_path / "part.npz"), **kw))
+    old = tmp_path / "old.npz"
+    _rewrite_checkpoint(tmp_path / "part.npz", old, keys, with_history)
+    with np.load(old, allow_pickle=False) as z:                      # the layout it claims
+        assert set(json.loads(str(z["config"]))) == set(keys)
+        assert ("history" in z.files) == with_history
+    ck = tasks.load_checkpoint(old)
+    assert ck["step"] == 13 and (ck["history"] is not None) == with_history
+    rec, curve = tasks.train_run(_cfg(resume=str(old), save=str(tmp_path / "res.npz"), **kw))
+    assert rec["start_step"] == 13 and curve[0]["step"] == (0 if with_history else 13)
+    # and through the command line, every setting from the checkpoint
+    assert tasks.main(["adding", "--steps", "30", "--eval-every", "10", "--test-size", "16",
+                       "--jobs", "1", "--resume", str(old), "--save",
+                       str(tmp_path / "cli.npz")]) == 0
+    a = tasks.load_checkpoint(tmp_path / "full.npz")
+    for other in ("res.npz", "cli.npz"):
+        b = tasks.load_checkpoint(tmp_path / other)
+        assert b["step"] == 30, other
+        for k in nr.PARAM_NAMES:                                     # bit-identical
+            np.testing.assert_array_equal(a["params"][k], b["params"][k])
+            np.testing.assert_array_equal(a["velocity"][k], b["velocity"][k])
+        assert a["rng"].bit_generator.state == b["rng"].bit_generator.state
+
+
+def test_a_checkpoint_of_the_former_mnist_task_continues_as_pixel_on_mnist(tmp_path):
+    data = tmp_path / "mnist.npz"
+    np.savez(data, **_tiny_mnist(np.random.default_rng(10), n_train=8, n_test=4))
+    kw = dict(task="pixel", scheme="np", dataset="mnist", data=str(data), hidden=3,
+              batch=4, lr=1e-4, clip=1.0, inputs="scheme", test_size=None, seq_len=None,
+              eval_every=None)
+    tasks.train_run(tasks.RunConfig(epochs=3, save=str(tmp_path / "full.npz"), **kw))
+    tasks.train_run(tasks.RunConfig(steps=3, save=str(tmp_path / "part.npz"), **kw))
+    old = tmp_path / "old.npz"                  # task "mnist", no dataset, no inputs
+    _rewrite_checkpoint(tmp_path / "part.npz", old, _LAYOUTS["first"][0], False,
+                        task="mnist")
+    assert tasks.main(["mnist", "--data", str(data), "--epochs", "3", "--jobs", "1",
+                       "--resume", str(old), "--save", str(tmp_path / "res.npz")]) == 0
+    a, b = tasks.load_checkpoint(tmp_path / "full.npz"), tasks.load_checkpoint(
+        tmp_path / "res.npz")
+    assert a["step"] == b["step"] == 6
+    for k in nr.PARAM_NAMES:
+        np.testing.assert_array_equal(a["params"][k], b["params"][k])
+
+
+def test_train_run_refuses_a_checkpoint_of_another_training_set_or_pixel_order(tmp_path):
+    data = tmp_path / "mnist.npz"
+    np.savez(data, **_tiny_mnist(np.random.default_rng(13), n_train=8, n_test=4))
+    kw = dict(task="pixel", scheme="np", dataset="mnist", data=str(data), hidden=3,
+              batch=4, epochs=2, test_size=None)
+    tasks.train_run(tasks.RunConfig(epochs=1, save=str(tmp_path / "c.npz"), train_size=8,
+                                    **{k: v for k, v in kw.items() if k != "epochs"}))
+    for change, match in (({"train_size": 4}, "has train_size=8 but this run has "
+                                               "train_size=4"),
+                          ({"train_size": 8, "permuted": True}, "has permuted=False but "
+                                                                "this run has permuted=True")):
+        with pytest.raises(ValueError, match=match):
+            tasks.train_run(tasks.RunConfig(resume=str(tmp_path / "c.npz"), **kw, **change))
+
+
+# The fields of run.json and of a regression run's summary.json as the first version of
+# the paper's protocol wrote them, in its order.
+_FIRST_META = ("format", "spec", "commit", "dirty", "numpy", "created", "choices")
+_FIRST_SUMMARY = (
+    "run", "task", "scheme", "seed", "seq_len", "hidden", "inputs", "optimizer", "lr",
+    "cool_factor", "cool_epochs", "clip", "batch", "epochs", "train_size", "test_size",
+    "eval_every", "dataset", "data", "status", "paper_name", "nonlinearity", "updates",
+    "updates_done", "diverged_at", "final_metric", "best_metric", "final_correct",
+    "first_update_above_50", "first_update_above_90", "init_spectral_radius",
+    "wall_seconds", "train_seconds", "parts", "updates_per_second", "final_test_mse",
+    "best_test_mse", "steps_done")
+_FIRST_RUN_CHECKPOINT = (list(nr.PARAM_NAMES) + ["opt_" + k for k in nr.PARAM_NAMES]
+                         + ["update", "opt_state_set", "pending_losses", "history", "spec",
+                            "format"])
+
+
+def test_a_paper_run_folder_of_the_first_layout_continues_bit_identically(tmp_path, capsys):
+    kw, (k1, _) = RESUMABLE["sgd-cooled"]
+    spec = _spec(**kw)
+    a = tasks.create_run_folder(tmp_path / "a", spec)
+    b = tasks.create_run_folder(tmp_path / "b", spec)
+    whole = tasks.train_paper_run(a)
+    tasks.train_paper_run(b, until=k1)
+    # run.json and checkpoint.npz of b written again by hand, in the first layout
+    meta = {"format": "nprnn-ref-run/1", "spec": spec.to_json(), "commit": "0" * 40,
+            "dirty": False, "numpy": "1.26.4", "created": "2026-01-01T00:00:00+0000",
+            "choices": ["every network gets the paper's input recipe"]}
+    assert tuple(meta) == _FIRST_META
+    with open(os.path.join(b, "run.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+        f.write("\n")
+    saved = _checkpoint(b)
+    assert sorted(saved) == sorted(_FIRST_RUN_CHECKPOINT)           # the writer's layout
+    entries = {k: saved[k] for k in nr.PARAM_NAMES}
+    entries.update({"opt_" + k: saved["opt_" + k] for k in nr.PARAM_NAMES})
+    entries.update(update=np.array(int(saved["update"]), np.int64),
+                   opt_state_set=np.array(bool(saved["opt_state_set"])),
+                   pending_losses=np.array([float(v) for v in saved["pending_losses"]],
+                                           np.float64),
+                   history=np.array(json.dumps(json.loads(str(saved["history"])))),
+                   spec=np.array(json.dumps(spec.to_json(), sort_keys=True)),
+                   format=np.array("nprnn-ref-run-checkpoint/1"))
+    np.savez(os.path.join(b, "checkpoint.npz"), **entries)
+    assert tasks.read_run_folder(b)[1] == meta
+    resumed = tasks.train_paper_run(b)
+    assert _without_timing(resumed) == _without_timing(whole)
+    assert set(resumed) == set(_FIRST_SUMMARY)               # the summary's own fields
+    ca, cb = _checkpoint(a), _checkpoint(b)
+    for k in nr.PARAM_NAMES:
+        np.testing.assert_array_equal(ca[k], cb[k])
+        np.testing.assert_array_equal(ca["opt_" + k], cb["opt_" + k])
+    # a finished run's summary.json in the first layout is read back as it is
+    first = {k: resumed[k] for k in _FIRST_SUMMARY}
+    with open(os.path.join(b, "summary.json"), "w") as f:
+        json.dump(first, f, indent=1, allow_nan=False)
+    assert tasks.read_run_folder(b)[2] == first
+    capsys.readouterr()
+    assert tasks.main(["resume", str(tmp_path / "b")]) == 0
+    assert "0 unfinished" in capsys.readouterr().out
+
+
+# --- junk into the library: only ValueError or TypeError (FileNotFoundError for a path
+# that does not exist), each naming the argument or the file -----------------------------
+#
+# The public functions of tasks.py's data, checkpoint, paper-run and job sections that
+# take input from a caller or a file. (results_table, paper_table and the other output
+# functions format the records this module itself makes, and do not validate them.)
+
+class _Str(str):
+    pass
+
+
+class _Int(int):
+    pass
+
+
+class _Path(os.PathLike):
+    def __init__(self, p):
+        self.p = p
+
+    def __fspath__(self):
+        return self.p
+
+
+def _junk_filled(dtype, shape, fill):
+    with np.errstate(invalid="ignore"):                     # nan or inf cast to integers
+        return np.full(shape, fill).astype(dtype)
+
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", PendingDeprecationWarning)    # numpy on np.matrix
+    _MATRIX = np.matrix([[1, 2]])
+_JUNK_ARRAYS = st.builds(
+    _junk_filled,
+    st.sampled_from([np.uint8, np.int64, np.float32, np.float64, np.bool_, np.complex128]),
+    st.lists(st.integers(0, 3), max_size=3).map(tuple),
+    st.sampled_from([0, 1, 255, -1, 0.5, 2.0, np.nan, np.inf]))
+JUNK = st.one_of(
+    st.none(), st.booleans(),
+    st.sampled_from([-2**70, -1, 0, 1, 2, 3, 2**40, 2**63, 2**70]),
+    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=4),
+    st.binary(max_size=4), st.lists(st.integers(-3, 3), max_size=3),
+    st.tuples(st.integers(-3, 3), st.integers(-3, 3)),
+    st.dictionaries(st.text(max_size=2), st.integers(-2, 2), max_size=2),
+    _JUNK_ARRAYS,
+    st.sampled_from([np.float64("nan"), np.int64(3), np.bool_(True), object(), _Int(2),
+                     _Str("np"), _MATRIX, np.ma.masked_array([0.5, 1.0],
+                                                                         mask=[0, 1])]))
+
+# Files that no reader may take: what each holds (written fresh for every example).
+JUNK_FILES = ("empty", "npy", "truncated zip", "text", "binary", "gzip", "zip of text",
+              "objects npz", "foreign npz", "json list", "folder", "missing")
+
+
+def _junk_file(folder, kind):
+    path = os.path.join(folder, "junk-" + kind.replace(" ", "-"))
+    buf = io.BytesIO()
+    np.savez(buf, a=np.arange(50.0))
+    content = {"empty": b"", "text": b"hello\n", "binary": bytes(range(256)),
+               "gzip": b"\x1f\x8bjunk", "truncated zip": buf.getvalue()[:70],
+               "json list": b"[1, 2]"}.get(kind)
+    if content is not None:
+        with open(path, "wb") as f:
+            f.write(content)
+    elif kind == "npy":
+        with open(path, "wb") as f:
+            np.save(f, np.ones(3))
+    elif kind == "zip of text":
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("format.npy", "no")
+    elif kind == "objects npz":
+        with open(path, "wb") as f:
+            np.savez(f, a=np.array([None], dtype=object))
+    elif kind == "foreign npz":
+        with open(path, "wb") as f:
+            np.savez(f, weights=np.ones(3))
+    elif kind == "folder":
+        os.mkdir(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def valid_files(tmp_path_factory):
+    """One valid file of each kind a reader takes."""
+    root = tmp_path_factory.mktemp("valid")
+    mnist = _write_idx_dir(root / "mnist", _tiny_mnist(np.random.default_rng(12)))
+    params = _small_params()
+    ck = root / "ck.npz"
+    tasks.save_checkpoint(ck, params, None, 3, _FIRST_CONFIG, np.random.default_rng(0))
+    run = tasks.create_run_folder(root / "runs", _spec("adding", "np", seq_len=6, hidden=4,
+                                                       train_size=8, test_size=4, epochs=1))
+    tasks.train_paper_run(run)
+    return {"mnist": str(mnist), "labels": str(mnist / "t10k-labels-idx1-ubyte"),
+            "checkpoint": str(ck), "run": run, "params": params}
+
+
+def _junk_calls(v, out):
+    """{function name: (function, {argument: (valid value, is a path)})}."""
+    rng = np.random.default_rng(0)
+    return {
+        "adding_problem": (tasks.adding_problem, {"n": (3, 0), "T": (5, 0), "rng": (rng, 0)}),
+        "multiplication_problem": (tasks.multiplication_problem,
+                                   {"n": (3, 0), "T": (5, 0), "rng": (rng, 0)}),
+        "read_idx": (tasks.read_idx, {"path": (v["labels"], 1), "ndim": (1, 0)}),
+        "load_mnist": (tasks.load_mnist, {"path": (v["mnist"], 1)}),
+        "load_pixel_dataset": (tasks.load_pixel_dataset, {"name": ("mnist", 0),
+                                                          "path": (v["mnist"], 1)}),
+        "pixel_sequences": (tasks.pixel_sequences, {
+            "images": (np.arange(8, dtype=np.uint8).reshape(2, 4), 0),
+            "permutation": (None, 0)}),
+        "load_digits_data": (tasks.load_digits_data, {"rng": (rng, 0),
+                                                      "test_fraction": (0.2, 0)}),
+        "save_checkpoint": (tasks.save_checkpoint, {
+            "path": (os.path.join(out, "new.npz"), 1), "params": (v["params"], 0),
+            "velocity": (None, 0), "step": (3, 0), "config": (dict(_FIRST_CONFIG), 0),
+            "rng": (rng, 0), "history": (None, 0)}),
+        "load_checkpoint": (tasks.load_checkpoint, {"path": (v["checkpoint"], 1)}),
+        "paper_run": (tasks.paper_run, {
+            "task": ("adding", 0), "scheme": ("np", 0), "seed": (0, 0), "hidden": (4, 0),
+            "inputs": ("paper", 0), "dataset": (None, 0), "data": (None, 0),
+            "seq_len": (6, 0), "train_size": (8, 0), "test_size": (4, 0), "batch": (2, 0),
+            "epochs": (1, 0), "lr": (0.01, 0), "clip": (10.0, 0), "optimizer": ("sgd", 0),
+            "cool_factor": (0.1, 0), "cool_epochs": ((), 0), "eval_every": (2, 0)}),
+        "read_run_folder": (tasks.read_run_folder, {"folder": (v["run"], 1)}),
+        "shard_indices": (tasks.shard_indices, {"names": (["a", "b", "c"], 0),
+                                                "shard": ((0, 2), 0)}),
+        "run_name": (tasks.run_name, {"cfg": (_cfg(), 0)}),
+    }
+
+
+# Words a message may use for an argument, besides its name.
+_ALIASES = {"name": ("dataset",), "T": ("seq_len",)}
+JUNK_FUNCTIONS = ["adding_problem", "multiplication_problem", "read_idx", "load_mnist",
+                  "load_pixel_dataset", "pixel_sequences", "load_digits_data",
+                  "save_checkpoint", "load_checkpoint", "paper_run", "read_run_folder",
+                  "shard_indices", "run_name"]
+
+
+def _call_with_junk(f, kwargs, words, paths, junk_path=False):
+    """Call f; an error must be a ValueError or TypeError (FileNotFoundError when a path
+    is junk) whose message names one of ``words`` or ``paths``."""
+    try:
+        f(**kwargs)
+    except (ValueError, TypeError) as e:
+        msg = str(e)
+    except FileNotFoundError as e:
+        assert junk_path, f"FileNotFoundError without a junk path: {e}"
+        msg = str(e)
+    else:
+        return                                                 # junk that is valid input
+    named = any(re.search(rf"(?<![A-Za-z_]){re.escape(w)}(?![A-Za-z_])", msg)
+                for w in words) or any(p in msg or repr(p)[1:-1] in msg for p in paths)
+    assert named, (sorted(words), msg)
+
+
+@pytest.mark.parametrize("fn", JUNK_FUNCTIONS)
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                 HealthCheck.too_slow])
+@given(data=st.data())
+def test_library_functions_given_junk_raise_value_or_type_errors_naming_the_argument(
+        fn, valid_files, data):
+    if fn == "load_digits_data":
+        pytest.importorskip("sklearn")
+    with tempfile.TemporaryDirectory() as out:
+        f, args = _junk_calls(valid_files, out)[fn]
+        junked = data.draw(st.sets(st.sampled_from(sorted(args)), min_size=1,
+                                   max_size=2), label="junked")
+        kwargs = {k: v for k, (v, _) in args.items()}
+        paths = [v for v, is_path in args.values() if is_path]     # the file named: fine
+        junk_path = any(args[k][1] for k in junked)
+        for k in sorted(junked):
+            if args[k][1]:                                     # a path: junk files too
+                kind = data.draw(st.one_of(st.sampled_from(JUNK_FILES), JUNK), label=k)
+                if isinstance(kind, str) and kind in JUNK_FILES:
+                    kwargs[k] = _junk_file(out, kind)
+                    paths.append(kwargs[k])
+                    if data.draw(st.booleans(), label="as PathLike"):
+                        kwargs[k] = _Path(kwargs[k])
+                    continue
+                kwargs[k] = kind
+                if isinstance(kind, str):                      # a path too: relative
+                    paths.append(kind)
+            else:
+                kwargs[k] = data.draw(JUNK, label=k)
+        here = os.getcwd()
+        os.chdir(out)                                          # relative paths land here
+        try:
+            _call_with_junk(f, kwargs,
+                            [w for k in junked for w in (k,) + _ALIASES.get(k, ())], paths,
+                            junk_path)
+        finally:
+            os.chdir(here)
+
+
+def test_the_junk_check_fails_on_errors_that_name_nothing_or_are_of_another_kind():
+    def reshape(a):
+        np.zeros(0).reshape(a)                                 # numpy's own message
+    with pytest.raises(AssertionError):
+        _call_with_junk(reshape, {"a": (2, 3)}, ["a"], [])
+    with pytest.raises(KeyError):
+        _call_with_junk(lambda scheme: {}[scheme], {"scheme": "bogus"}, ["scheme"], [])
+    _call_with_junk(lambda n: nr._check_size("n", n), {"n": 0}, ["n"], [])   # named: fine
+
+
+# =======================================================================================
+# Bad input: the public API refuses what it cannot compute
+# =======================================================================================
+#
+# The promise of README's Conventions: bad input to any function of nr.__all__ raises a
+# ValueError or TypeError that names the argument (NonFiniteError, for NaN and inf and
+# for finite input that overflows, is a ValueError); nothing is silently broadcast, cast,
+# truncated or overwritten; nothing passed in is modified; no NumPy RuntimeWarning
+# escapes. One test per kind of failure found by an adversarial pass, then a table of
+# every public function with a valid call, corrupted one argument at a time.
+
+def _small_case(seed=0, dtype=np.float64):
+    """A valid small model and batch: params (D=2, H=3, O=2), x (T=4, B=2, D=2), h0, an
+    mse target for output="last", and the forward pass's h and cache."""
+    rng = np.random.default_rng(seed)
+    p = nr.init_params(2, 3, 2, "np", rng, dtype)
+    p["b_h"] = (0.1 * rng.standard_normal(3)).astype(dtype)
+    x = rng.standard_normal((4, 2, 2)).astype(dtype)
+    h0 = (0.5 * rng.standard_normal((2, 3))).astype(dtype)
+    target = rng.standard_normal((2, 2)).astype(dtype)
+    h, cache = nr.forward(p, x, h0)
+    return p, x, h0, target, h, cache
+
+
+def _matrix(a):
+    with warnings.catch_warnings():               # np.matrix is pending deprecation
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        return np.matrix(a)
+
+
+class _Doubled(np.ndarray):
+    """An ndarray subclass whose + means 2 (a + b): any subclass may redefine arithmetic."""
+
+    def __add__(self, other):
+        return 2 * np.add(np.asarray(self), np.asarray(other))
+
+
+def test_array_subclasses_that_change_arithmetic_are_refused_and_memmap_is_accepted(
+        tmp_path):
+    # Catches: an ndarray subclass accepted by the array check. np.matrix makes * a
+    # matrix product (loss_and_grads returned MSE -0.35 instead of 3.5 with W_yh a
+    # matrix, B = O = 3); a masked NaN passed the finiteness check and forward returned
+    # NaN; any other subclass may redefine the operators.
+    rng = np.random.default_rng(0)
+    p = nr.init_params(2, 3, 3, "np", rng)
+    x, t = rng.standard_normal((5, 3, 2)), rng.standard_normal((3, 3))
+    with pytest.raises(TypeError, match=r"params\['W_yh'\] must be a plain numpy.ndarray "
+                                        r"\(or numpy.memmap\), got a numpy.matrix"):
+        nr.loss_and_grads(dict(p, W_yh=_matrix(p["W_yh"])), x, t)
+    masked = np.ma.masked_array(x.copy(), mask=np.zeros(x.shape, bool))
+    masked[0, 0, 0] = np.ma.masked
+    masked.data[0, 0, 0] = np.nan
+    with pytest.raises(TypeError, match=r"x must be a plain numpy.ndarray.*masked array"):
+        nr.forward(p, masked)
+    with pytest.raises(TypeError, match=r"h0 must be a plain numpy.ndarray.*_Doubled, a "
+                                        r"subclass of numpy.ndarray"):
+        nr.forward(p, x, np.zeros((3, 3)).view(_Doubled))
+    # np.memmap computes as ndarray does (its results are plain arrays): same bits.
+    mm = np.memmap(tmp_path / "x.dat", dtype=np.float64, mode="w+", shape=x.shape)
+    mm[:] = x
+    L_mm, g_mm = nr.loss_and_grads(p, mm, t)
+    L, g = nr.loss_and_grads(p, x, t)
+    assert L_mm == L and all(np.array_equal(g_mm[k], g[k]) for k in g)
+    assert all(type(v) is np.ndarray for v in g_mm.values())
+    # Plain views of any layout are plain arrays: a transposed, reversed x is accepted.
+    xt = np.ascontiguousarray(x.transpose(2, 1, 0)).transpose(2, 1, 0)[::-1][::-1]
+    assert nr.loss_and_grads(p, xt, t)[0] == L
+
+
+def _cache_with(cache, **changes):
+    return dict(cache, **changes)
+
+
+VALIDATION_GAPS = [
+    # clip_grads: integer gradients gave all zeros; one inf zeroed the others and
+    # returned NaN; NaN, complex and mixed dtypes passed.
+    ("clip_grads int", lambda p, x, g, c: nr.clip_grads(
+        {k: np.ones(v.shape, int) for k, v in g.items()}, 1.0), TypeError,
+     r"grads\['W_hh'\] must have dtype float32 or float64, got int64"),
+    ("clip_grads inf", lambda p, x, g, c: nr.clip_grads(
+        dict(g, b_h=np.array([1.0, np.inf, 0.0])), 1.0), nr.NonFiniteError,
+     r"grads\['b_h'\] must be finite, got inf at index \(1,\)"),
+    ("clip_grads nan", lambda p, x, g, c: nr.clip_grads(
+        dict(g, W_hh=np.full((3, 3), np.nan)), 1.0), nr.NonFiniteError,
+     r"grads\['W_hh'\] must be finite, got nan"),
+    ("clip_grads complex", lambda p, x, g, c: nr.clip_grads(
+        {k: v.astype(complex) for k, v in g.items()}, 1.0), TypeError,
+     r"grads\['W_hh'\] must have dtype float32 or float64, got complex128"),
+    ("clip_grads mixed", lambda p, x, g, c: nr.clip_grads(
+        dict(g, b_y=g["b_y"].astype(np.float32)), 1.0), TypeError,
+     r"grads\['b_y'\] must have dtype float64 \(the parameters' dtype\), got float32"),
+    ("clip_grads unknown key", lambda p, x, g, c: nr.clip_grads(dict(g, W_xx=g["W_hh"]), 1.0),
+     ValueError, r"grads has unknown keys W_xx; it may hold only W_hx, W_hh, b_h, W_yh, "
+                 r"b_y, x, h0"),
+    # sgd_step: NaN passed; a scalar velocity gave "argument of type 'float' is not
+    # iterable"; an extra key in params or grads was silently dropped.
+    ("sgd nan grads", lambda p, x, g, c: nr.sgd_step(p, dict(g, W_hx=g["W_hx"] * np.nan),
+                                                     None, 0.1), nr.NonFiniteError,
+     r"grads\['W_hx'\] must be finite, got nan"),
+    ("sgd nan velocity", lambda p, x, g, c: nr.sgd_step(
+        p, g, dict(_zeros_like(p), b_y=np.array([0.0, np.nan])), 0.1, 0.9),
+     nr.NonFiniteError, r"velocity\['b_y'\] must be finite, got nan at index \(1,\)"),
+    ("sgd scalar velocity", lambda p, x, g, c: nr.sgd_step(p, g, 0.0, 0.1), TypeError,
+     r"velocity must be None \(the first step\) or the dict of arrays the previous step "
+     r"returned, got float"),
+    ("sgd extra param", lambda p, x, g, c: nr.sgd_step(dict(p, W_xx=p["W_hh"]), g, None, 0.1),
+     ValueError, r"params has unknown keys W_xx; it may hold only W_hx, W_hh, b_h, W_yh, b_y"),
+    ("sgd extra grad", lambda p, x, g, c: nr.sgd_step(p, dict(g, W_xx=g["W_hh"]), None, 0.1),
+     ValueError, r"grads has unknown keys W_xx"),
+    ("forward nonlinearity in params", lambda p, x, g, c: nr.forward(
+        dict(p, nonlinearity="tanh"), x), ValueError,
+     r"params has unknown keys nonlinearity;.*the nonlinearity is an argument"),
+    ("rmsprop nan square_avg", lambda p, x, g, c: nr.rmsprop_step(
+        p, g, dict(_zeros_like(p), W_hh=np.full((3, 3), np.nan)), 0.1), nr.NonFiniteError,
+     r"square_avg\['W_hh'\] must be finite, got nan"),
+    ("rmsprop scalar square_avg", lambda p, x, g, c: nr.rmsprop_step(p, g, 1.0, 0.1),
+     TypeError, r"square_avg must be None \(the first step\) or the dict"),
+    ("rmsprop extra square_avg", lambda p, x, g, c: nr.rmsprop_step(
+        p, g, dict(_zeros_like(p), extra=np.ones(1)), 0.1), ValueError,
+     r"square_avg has unknown keys extra"),
+    # readout_backward accepted NaN dy and a float32 dy with float64 params; lists gave
+    # AttributeError.
+    ("readout_backward nan dy", lambda p, x, g, c: nr.readout_backward(
+        np.full((2, 2), np.nan), p, nr.forward(p, x)[0]), nr.NonFiniteError,
+     r"dy must be finite, got nan at index \(0, 0\)"),
+    ("readout_backward float32 dy", lambda p, x, g, c: nr.readout_backward(
+        np.ones((2, 2), np.float32), p, nr.forward(p, x)[0]), TypeError,
+     r"dy must have dtype float64 \(the parameters' dtype\), got float32"),
+    ("readout_backward list dy", lambda p, x, g, c: nr.readout_backward(
+        [[1.0, 1.0], [1.0, 1.0]], p, nr.forward(p, x)[0]), TypeError,
+     r"dy must be a numpy.ndarray, got list"),
+    ("readout_backward list h", lambda p, x, g, c: nr.readout_backward(
+        np.ones((2, 2)), p, nr.forward(p, x)[0].tolist()), TypeError,
+     r"h must be a numpy.ndarray, got list"),
+    # backward with a malformed cache: KeyError, "string indices must be integers".
+    ("cache str", lambda p, x, g, c: nr.backward(np.ones((4, 2, 3)), "cache"), TypeError,
+     r"cache must be the cache returned by forward \(or forward_per_step\), a dict; got str"),
+    ("cache missing hs", lambda p, x, g, c: nr.backward(
+        np.ones((4, 2, 3)), {k: v for k, v in c.items() if k != "hs"}), ValueError,
+     r"cache must be the cache returned by forward.*missing hs"),
+    ("cache hs shape", lambda p, x, g, c: nr.backward(
+        np.ones((4, 2, 3)), _cache_with(c, hs=c["hs"][1:])), ValueError,
+     r"cache must be the cache returned by forward.*: cache\['hs'\] must have shape "
+     r"\(T\+1=5, B=2, H=3\), got \(4, 2, 3\)"),
+    ("cache dtypes", lambda p, x, g, c: nr.backward(
+        np.ones((4, 2, 3)), _cache_with(c, hs=c["hs"].astype(np.float32))), TypeError,
+     r"cache must be the cache returned by forward.*cache\['hs'\] must have dtype float64"),
+    ("cache x of another batch", lambda p, x, g, c: nr.backward(
+        np.ones((4, 2, 3)), _cache_with(c, x=np.ones((4, 5, 2)))), ValueError,
+     r"cache must be the cache returned by forward.*cache\['hs'\] must have shape "
+     r"\(T\+1=5, B=5, H=3\)"),
+    ("cache nonlinearity", lambda p, x, g, c: nr.backward(
+        np.ones((4, 2, 3)), _cache_with(c, nonlinearity="sigmoid")), ValueError,
+     r"cache must be the cache returned by forward.*cache\['nonlinearity'\] must be one of"),
+    ("return_dh", lambda p, x, g, c: nr.backward(np.ones((4, 2, 3)), c, "yes"), TypeError,
+     r"return_dh must be True or False, got str 'yes'"),
+    # loss_fn computed cross-entropy for an unknown loss name.
+    ("loss_fn loss", lambda p, x, g, c: nr.loss_fn(np.ones((2, 2)), np.ones((2, 2)), "l1"),
+     ValueError, r"loss must be one of 'mse', 'xent', got 'l1'"),
+    ("loss_fn shape", lambda p, x, g, c: nr.loss_fn(np.ones((2, 2)), np.ones((2, 1))),
+     ValueError, r"target must have y's shape \(2, 2\) for loss='mse', got \(2, 1\)"),
+    ("loss_fn dtype", lambda p, x, g, c: nr.loss_fn(np.ones((2, 2)),
+                                                    np.ones((2, 2), np.float32)),
+     TypeError, r"target must have dtype float64 \(y's dtype\), got float32"),
+    ("loss_fn labels", lambda p, x, g, c: nr.loss_fn(np.ones((2, 3)), np.array([0, -1]),
+                                                     "xent"),
+     ValueError, r"target labels must lie in \[0, O=3\), got -1"),
+    # compare accepted bool arrays.
+    ("compare bool expected", lambda p, x, g, c: nr.compare(
+        {"m": np.array([True, False])}, {"m": np.array([1.0, 0.0])}, 0, 0), TypeError,
+     r"expected\['m'\] must be a real numeric array.*got dtype bool"),
+    # from_torch_state_dict named params['W_hx'] instead of the state key.
+    ("state nan", lambda p, x, g, c: nr.from_torch_state_dict(
+        dict(nr.to_torch_state_dict(p), weight_ih_l0=np.full((3, 2), np.nan))),
+     nr.NonFiniteError, r"state\['weight_ih_l0'\] must be finite, got nan"),
+    # init_params(dtype=None) meant float64 silently.
+    ("init_params dtype None", lambda p, x, g, c: nr.init_params(
+        2, 3, 1, "np", np.random.default_rng(0), None), TypeError,
+     r"dtype must be np.float32 or np.float64 \(or 'float32', 'float64'\), got None"),
+    ("cooled_lr milestones", lambda p, x, g, c: nr.cooled_lr(0.1, 3, 0.1, 5), TypeError,
+     r"milestones must be a tuple or list of epochs \(ints >= 1\), got int 5"),
+]
+
+
+def _zeros_like(d):
+    return {k: np.zeros_like(v) for k, v in d.items()}
+
+
+@pytest.mark.parametrize("name,call,exc,pattern", VALIDATION_GAPS,
+                         ids=[b[0] for b in VALIDATION_GAPS])
+def test_every_function_validates_what_the_core_validates(name, call, exc, pattern):
+    # Catches: a function that lacks a check the core has (each row is a case that used
+    # to pass silently, give wrong numbers or a foreign exception).
+    p, x, _, t, _, cache = _small_case()
+    g = nr.loss_and_grads(p, x, t)[1]
+    with pytest.raises(exc, match=pattern):
+        call(p, x, g, cache)
+
+
+def test_compare_reports_a_bool_or_masked_actual_as_a_type_problem():
+    # Catches: compare treating bool values as numbers or reading a masked array's data.
+    e = {"a": np.array([1.0, 0.0]), "b": np.array([1.0, 2.0])}
+    r = nr.compare(e, {"a": np.array([True, False]),
+                       "b": np.ma.masked_array([1.0, 2.0], mask=[False, True])}, 0, 0)
+    assert {c.name: c.status for c in r.checks} == {"a": "type", "b": "type"}
+    assert "dtype bool" in r.checks[0].detail and "masked" in r.checks[1].detail
+
+
+def test_sgd_and_clip_grads_accept_the_x_and_h0_gradients_of_loss_and_grads():
+    # Catches: the unknown-key check refusing the documented "x" and "h0" keys.
+    p, x, _, t, _, _ = _small_case()
+    g = nr.loss_and_grads(p, x, t)[1]
+    clipped, _ = nr.clip_grads(g, 0.01)
+    new, v = nr.sgd_step(p, clipped, None, 0.1)
+    assert set(new) == set(v) == set(nr.PARAM_NAMES)
+
+
+def _physical_bytes():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+OUT_OF_RANGE = [
+    ("alpha huge int", lambda p, x: nr.alpha(10 ** 400), ValueError,
+     r"n must be an int >= 1 and below 2\*\*63, got an int of about 401 digits"),
+    ("lr huge int", lambda p, x: nr.sgd_step(p, p, None, 10 ** 400), ValueError,
+     r"lr must be a finite number >= 0, got an int of about 401 digits, which is too large "
+     r"for a float"),
+    ("cooled_lr factor", lambda p, x: nr.cooled_lr(0.1, 3, 10 ** 400), ValueError,
+     r"factor must be a finite number > 0, got an int of about 401 digits"),
+    ("compare rtol", lambda p, x: nr.compare({}, {}, 10 ** 400, 0), ValueError,
+     r"rtol must be a finite number >= 0"),
+    ("identity_init scale", lambda p, x: nr.identity_init(2, 10 ** 400), ValueError,
+     r"scale must be a finite number"),
+    ("readout T = 0", lambda p, x: nr.readout(p, np.zeros((0, 2, 3))), ValueError,
+     r"h must have shape \(T, B, H=3\) with T, B >= 1, got \(0, 2, 3\)"),
+    ("big-endian x", lambda p, x: nr.forward(p, x.astype(x.dtype.newbyteorder("S"))),
+     TypeError, r"x must be in this machine's byte order \('[<>]f8'\), got float64 "
+                r"\('[<>]f8', (big|little)-endian\); convert it with x.astype\('[<>]f8'\) "
+                r"or x.byteswap\(\).view\(x.dtype.newbyteorder\(\)\)"),
+    ("big-endian labels", lambda p, x: nr.loss_and_grads(
+        p, x, np.array([0, 1], np.dtype(int).newbyteorder("S")), loss="xent"), TypeError,
+     r"target must be in this machine's byte order"),
+]
+
+
+@pytest.mark.parametrize("name,call,exc,pattern", OUT_OF_RANGE,
+                         ids=[b[0] for b in OUT_OF_RANGE])
+def test_numbers_out_of_range_are_refused_naming_the_argument(name, call, exc, pattern):
+    # Catches: OverflowError from Python ints too large for a float, IndexError for an
+    # empty h, the "must have dtype float64, got float64" of a byte-swapped array.
+    p, x, *_ = _small_case()
+    with pytest.raises(exc, match=pattern):
+        call(p, x)
+
+
+@pytest.mark.parametrize("call,argname", [
+    (lambda: nr.init_params(1, 10 ** 7, 1, "np", np.random.default_rng(0)), "n_hidden"),
+    (lambda: nr.np_init(10 ** 6, np.random.default_rng(0)), "n"),
+    (lambda: nr.identity_init(2 ** 40), "n"),
+    (lambda: nr.autonomous_trajectories(np.eye(2), np.ones((1, 2)), 2 ** 60), "steps"),
+], ids=["init_params", "np_init", "identity_init", "autonomous_trajectories"])
+def test_arrays_beyond_physical_memory_are_refused_up_front(call, argname):
+    # Catches: a MemoryError after trying (or swapping) instead of a ValueError that
+    # gives the memory needed and the memory the machine has.
+    available = _physical_bytes()
+    if available is None:
+        pytest.skip("os.sysconf cannot tell this system's physical memory")
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError) as e:
+        call()
+    assert time.perf_counter() - t0 < 1.0                 # refused before any work
+    msg = str(e.value)
+    needed = int(re.search(r"would need at least .*? \((\d+) bytes\)", msg).group(1))
+    assert needed > available and "physical memory of " in msg
+    assert f"({available} bytes)" in msg and re.search(rf"\b{argname}=", msg)
+
+
+def test_finite_input_that_overflows_raises_non_finite_error_naming_the_step():
+    # Catches: inf / NaN results with only NumPy's RuntimeWarnings (x * 1e200, a large
+    # W_hh, float32 at 1e30), and a step that is not the first one to overflow.
+    # x = 1e300 everywhere, W_hx = 1, W_hh = 10 I: h_t = 10 h_{t-1} + 2e300, so
+    # h_t = 2e300 (10^t - 1) / 9, which first exceeds 1.8e308 at t = 9.
+    p, x, *_ = _small_case()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                    # no RuntimeWarning escapes
+        steep = dict(p, W_hx=np.ones((3, 2)), W_hh=10.0 * np.eye(3), b_h=np.zeros(3))
+        with pytest.raises(nr.NonFiniteError, match=r"the recurrence overflowed: h_t is "
+                                                    r"not finite from step t=9 of T=10"):
+            nr.forward(steep, np.full((10, 2, 2), 1e300))
+        with pytest.raises(nr.NonFiniteError, match="the loss overflowed to inf"):
+            nr.loss_and_grads(p, x * 1e200, np.zeros((2, 2)))
+        # W_hh = 10 I, h0 = 1, x = 0, b = 0: h_t = 10^t, first above 1.8e308 at t = 309
+        grow = dict(p, W_hh=10.0 * np.eye(3), b_h=np.zeros(3))
+        with pytest.raises(ValueError, match=r"from step t=309 of T=400"):  # a ValueError
+            nr.loss_and_grads(grow, np.zeros((400, 2, 2)), np.zeros((2, 2)),
+                              h0=np.ones((2, 3)))
+        p32, x32, *_ = _small_case(dtype=np.float32)
+        with pytest.raises(nr.NonFiniteError, match=r"too large for float32 \(largest "
+                                                    r"3.4e\+38\)"):
+            nr.loss_and_grads(p32, x32 * np.float32(1e30), np.zeros((2, 2), np.float32))
+        # the loss itself: finite states and read-out whose square overflows
+        big_out = dict(p, W_yh=p["W_yh"] * 1e160)
+        with pytest.raises(nr.NonFiniteError, match="the loss overflowed to inf"):
+            nr.loss_and_grads(big_out, x, np.zeros((2, 2)))
+        # back-propagation: dL/dh_T = 1e300 grows by 10 per step back through W_hh = 10 I
+        # (every unit active): g_{T-k} = 1e300 * 10^k, first above 1.8e308 at k = 9.
+        h, cache = nr.forward(dict(p, W_hh=10.0 * np.eye(3), b_h=np.ones(3)),
+                              np.zeros((12, 2, 2)))
+        with pytest.raises(nr.NonFiniteError, match=r"back-propagation through time "
+                                                    r"overflowed at step t=3 of T=12"):
+            nr.backward(np.full((12, 2, 3), 1e300) * (np.arange(12) == 11)[:, None, None],
+                        cache)
+        with pytest.raises(nr.NonFiniteError, match=r"the update overflowed: the new "
+                                                    r"params\['W_hx'\] is not finite"):
+            nr.sgd_step(p, {k: np.full_like(v, 1e10) for k, v in p.items()}, None, 1e300)
+        with pytest.raises(nr.NonFiniteError, match="the cooled learning rate overflowed"):
+            nr.cooled_lr(1e300, 5, 1e10, (1, 2))
+        with pytest.raises(nr.NonFiniteError, match=r"from step t=\d+ of T=4000"):
+            nr.autonomous_trajectories(np.array([[1.0, 0.25], [0.25, 1.0]]),
+                                       np.ones((1, 2)), 4000)       # case (d): 1.25^t
+    # tanh saturates instead: tanh(huge) = 1, its limit, and no error is raised.
+    h, _ = nr.forward(p, np.abs(x) * 1e200 + 1e200, nonlinearity="tanh")
+    assert np.all(np.isfinite(h)) and np.all(np.abs(h) <= 1)
+
+
+def test_clip_grads_keeps_the_direction_when_a_float32_norm_overflows():
+    # Catches: a float32 sum of squares that overflows although every gradient is finite
+    # (entries of 1e20): the old norm was inf and every gradient was scaled to zero.
+    p32 = _small_case(dtype=np.float32)[0]
+    g = {k: np.full_like(v, 1e20) for k, v in p32.items()}
+    clipped, norm = nr.clip_grads(g, 1.0)
+    n = sum(v.size for v in g.values())
+    assert norm == pytest.approx(1e20 * math.sqrt(n), rel=1e-6)
+    for k in nr.PARAM_NAMES:
+        assert clipped[k].dtype == np.float32
+        np.testing.assert_allclose(clipped[k], 1.0 / math.sqrt(n), rtol=1e-6)
+
+
+def test_the_cache_refers_to_the_callers_arrays_as_documented():
+    # Catches: the documented aliasing going undocumented or changing silently (a cache
+    # that copied would make the docstrings wrong; one that aliased more would too), and
+    # backward computing with a cache whose x was made non-finite after forward.
+    p, x, h0, t, h, cache = _small_case()
+    assert cache["x"] is x and cache["W_hx"] is p["W_hx"] and cache["W_hh"] is p["W_hh"]
+    for f in (nr.forward, nr.backward, nr.forward_per_step):
+        assert "references to" in " ".join(f.__doc__.split()), f.__name__
+    dh = np.ones_like(np.asarray(h))
+    before = nr.backward(dh, cache)[2]["W_hx"]
+    x *= 2.0                                              # changed between the calls
+    after = nr.backward(dh, cache)[2]["W_hx"]
+    np.testing.assert_allclose(after, 2.0 * before, rtol=1e-14)   # the changed x counts
+    x[0, 0, 0] = np.nan
+    with pytest.raises(nr.NonFiniteError, match=r"cache must be the cache returned by "
+                                                r"forward.*cache\['x'\] must be finite"):
+        nr.backward(dh, cache)
+
+
+# --- random junk at every public function --------------------------------------------
+
+# Classes of nr.__all__ that are records or the error type, not computations: their
+# constructors take any field values (frozen dataclasses) and are left out.
+_RECORD_TYPES = ("Scheme", "TwoNodeCase", "Spectrum", "TensorCheck", "CompareReport",
+                 "NonFiniteError")
+
+
+def _junk_table(fixture_path):
+    """name -> builder; builder() -> (args list, kwargs dict), a fresh valid call."""
+    def base():
+        p, x, h0, t, h, cache = _small_case()
+        return p, x, h0, t, np.array(h), cache
+
+    def gen():
+        return np.random.default_rng(1)
+
+    def loss_call(loss, output, nl):
+        def build():
+            p, x, h0, t, _, _ = base()
+            t = (np.array([0, 1]) if output == "last" else np.zeros((4, 2), int)) \
+                if loss == "xent" else (t if output == "last" else np.zeros((4, 2, 2)))
+            return [p, x, t], dict(loss=loss, output=output, nonlinearity=nl, h0=h0)
+        return build
+
+    def step(state_kind):
+        def build():
+            p, x, h0, t, _, _ = base()
+            g = nr.loss_and_grads(p, x, t, h0=h0)[1]
+            s = {k: np.abs(v) + 0.1 for k, v in g.items() if k in nr.PARAM_NAMES}
+            if state_kind == "v":
+                return [p, g, s, 0.1, 0.9], {}
+            return [p, g, s, 0.01], dict(alpha=0.9, eps=1e-8)
+        return build
+
+    def fixture_case():
+        p, x, h0, t, _, _ = base()
+        return [dict(p, x=x, h0=h0, target=t, nonlinearity=np.array("relu"),
+                     loss_kind="mse", output="last")], {}
+
+    W = np.array([[0.5, 0.25], [0.25, 0.5]])
+    return {
+        "alpha": lambda: ([7], {}),
+        "np_init": lambda: ([3, gen()], {}),
+        "identity_init": lambda: ([3, 0.5], {}),
+        "orthogonal_init": lambda: ([3, gen()], {}),
+        "gaussian_init": lambda: ([3, gen()], {}),
+        "normalized_gaussian_init": lambda: ([3, gen()], {}),
+        "spectral_radius": lambda: ([W.copy()], {}),
+        "nonlinearity_of": lambda: (["np-tanh"], {}),
+        "init_params": lambda: ([2, 3, 2, "i-rnn", gen(), np.float32],
+                                dict(inputs="paper", scale=0.5)),
+        "forward_per_step": lambda: (lambda b: ([b[0], b[1], b[2], "tanh"], {}))(base()),
+        "forward": lambda: (lambda b: ([b[0], b[1], b[2], "relu"], {}))(base()),
+        "readout": lambda: (lambda b: ([b[0], b[4], "all"], {}))(base()),
+        "backward_per_step": lambda: (lambda b: ([np.ones((4, 2, 3)), b[5], True], {}))(
+            base()),
+        "backward": lambda: (lambda b: ([np.ones((4, 2, 3)), b[5], False], {}))(base()),
+        "readout_backward": lambda: (lambda b: ([np.ones((4, 2, 2)), b[0], b[4], "all"],
+                                                {}))(base()),
+        "loss_fn": lambda: ([np.ones((4, 2, 3)), np.zeros((4, 2), int), "xent"], {}),
+        "loss_and_grads_per_step": loss_call("xent", "all", "tanh"),
+        "loss_and_grads": loss_call("mse", "last", "relu"),
+        "clip_grads": lambda: (lambda b: ([nr.loss_and_grads(b[0], b[1], b[3])[1], 0.01],
+                                          {}))(base()),
+        "sgd_step": step("v"),
+        "rmsprop_step": step("s"),
+        "cooled_lr": lambda: ([0.1, 40], dict(factor=0.1, milestones=(33, 66))),
+        "autonomous_trajectories": lambda: ([W.copy(), np.ones((2, 2)), 5], {}),
+        "two_node_cases": lambda: ([], {}),
+        "gradient_norms_through_time": loss_call("mse", "all", "tanh"),
+        "input_sensitivity": lambda: (lambda b: ([b[0], b[1]],
+                                                 dict(nonlinearity="relu", h0=b[2])))(base()),
+        "spectrum": lambda: ([W.copy()], {}),
+        "to_torch_state_dict": lambda: ([base()[0]], {}),
+        "from_torch_state_dict": lambda: ([nr.to_torch_state_dict(base()[0])], {}),
+        "fixture_outputs": fixture_case,
+        "load_fixture": lambda: ([fixture_path], {}),
+        "compare": lambda: ([{"a": np.ones(2), "b": np.zeros((2, 2))},
+                             {"a": np.ones(2), "b": np.zeros((2, 2))}, 1e-6, 1e-8], {}),
+    }
+
+
+def _public_functions():
+    return sorted(n for n in nr.__all__ if callable(getattr(nr, n)) and n not in _RECORD_TYPES)
+
+
+_HUGE_INTS = (10 ** 400, 2 ** 63, 2 ** 62, 10 ** 18, -(10 ** 400))
+_JUNK_ANY = (None, "junk", -1, 0, 2.5, float("nan"), float("inf"), True, 1j, [1.0, 2.0],
+             {}, object()) + _HUGE_INTS
+
+
+def _array_junk(v):
+    """(kind, value) pairs: an array argument replaced by something it must not be."""
+    out = [("list", v.tolist()), ("matrix", _matrix(v if v.ndim == 2 else v.reshape(1, -1))),
+           ("subclass", v.view(_Doubled)), ("big-endian", v.astype(v.dtype.newbyteorder("S"))),
+           ("rank+1", v[None]), ("0-d", np.array(v.ravel()[0]) if v.size else np.array(0.0)),
+           ("empty", v[..., :0]), ("doubled", np.concatenate([v, v], axis=-1) if v.ndim else v),
+           ("int", v.astype(int)), ("bool", v.astype(bool)), ("complex", v.astype(complex)),
+           ("object", v.astype(object)), ("float32", v.astype(np.float32)),
+           ("float64", v.astype(np.float64)), ("transposed", v.T), ("reversed", v[::-1])]
+    if v.ndim >= 2:
+        out.append(("flat", v.reshape(-1)))
+    masked = np.ma.masked_array(v.astype(float), mask=np.zeros(v.shape, bool))
+    if v.size:
+        masked[(0,) * v.ndim] = np.ma.masked
+        masked.data[(0,) * v.ndim] = np.nan
+    out.append(("masked", masked))
+    if v.dtype.kind == "f" and v.size:
+        for bad in (np.nan, np.inf, -np.inf):
+            w = v.copy()
+            w.flat[v.size // 2] = bad
+            out.append((f"{bad}", w))
+        out.append(("huge", v * 1e200 + 1e200))
+        out.append(("max", np.full_like(v, np.finfo(v.dtype).max)))
+    return out
+
+
+def _junk_for(v):
+    """(kind, value) pairs to put in place of the valid value v."""
+    if isinstance(v, np.ndarray) and v.shape == () and v.dtype.kind == "U":
+        return [("str-array", np.array("junk")), ("int-array", np.array(3))] + \
+            [(f"any:{_short_repr(j)}", j) for j in _JUNK_ANY]
+    if isinstance(v, np.ndarray):
+        return _array_junk(v) + [(f"any:{_short_repr(j)}", j) for j in _JUNK_ANY]
+    if isinstance(v, np.random.Generator):
+        return [("RandomState", np.random.RandomState(0)), ("int", 0), ("None", None)]
+    if isinstance(v, type) or isinstance(v, np.dtype):
+        return [("dtype:" + str(d), d) for d in (None, "float16", np.int64, ">f8", "junk",
+                                                 5, np.complex128, "f8,f8")]
+    if isinstance(v, tuple):
+        return [(f"tuple:{j}", j) for j in ((5, 3), (0,), ("a",), 5, "33", None,
+                                            (10 ** 400,), (1.5,), {1: 2})]
+    return [(f"any:{_short_repr(j)}", j) for j in _JUNK_ANY + (
+        "", "RELU", b"relu", np.int64(-5), np.uint64(2 ** 64 - 1), np.float32("nan"),
+        np.float64(1e308), 1e308, -0.5)]
+
+
+def _short_repr(j):
+    return "int" if isinstance(j, int) and abs(j) > 10 ** 30 else repr(j)[:20]
+
+
+_MUST_RAISE = ("matrix", "subclass", "big-endian", "masked", "list", "object")
+
+
+def _slots(args, kwargs):
+    """Every place a value can be corrupted: ("arg", i), ("kw", name) and, inside a dict
+    argument, ("arg", i, key) / ("kw", name, key)."""
+    out = []
+    for where, items in (("arg", enumerate(args)), ("kw", kwargs.items())):
+        for i, v in items:
+            out.append((where, i))
+            if isinstance(v, dict):
+                out += [(where, i, k) for k in v] + [(where, i, "+unknown"),
+                                                      (where, i, "-first")]
+    return out
+
+
+def _get(args, kwargs, slot):
+    holder = args if slot[0] == "arg" else kwargs
+    v = holder[slot[1]]
+    return v if len(slot) == 2 else v.get(slot[2])
+
+
+def _put(args, kwargs, slot, value):
+    holder = args if slot[0] == "arg" else kwargs
+    if len(slot) == 2:
+        holder[slot[1]] = value
+        return
+    d = dict(holder[slot[1]])
+    if slot[2] == "+unknown":
+        d["W_xx"] = np.ones(3)
+    elif slot[2] == "-first":
+        d.pop(next(iter(d)), None)
+    else:
+        d[slot[2]] = value
+    holder[slot[1]] = d
+
+
+def _freeze(v):
+    """A comparable snapshot of arrays inside v (dicts, lists, tuples)."""
+    if isinstance(v, np.ndarray):
+        return (type(v).__name__, v.dtype.str, v.shape, np.asarray(v).tobytes(),
+                None if not isinstance(v, np.ma.MaskedArray) else v.mask.tobytes())
+    if isinstance(v, dict):
+        return {k: _freeze(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_freeze(x) for x in v]
+    return None
+
+
+def _names_an_argument(fn, msg):
+    names = [p.name for p in inspect.signature(fn).parameters.values()
+             if p.kind is not inspect.Parameter.VAR_KEYWORD] + ["scale"]
+    return any(re.search(rf"(?<![A-Za-z0-9_]){re.escape(n)}(?![A-Za-z0-9_])", msg)
+               for n in names)
+
+
+@pytest.fixture(scope="module")
+def junk_fixture_path(tmp_path_factory):
+    p, x, h0, t, _, _ = _small_case()
+    case = dict(p, x=x, h0=h0, target=t, nonlinearity=np.array("relu"),
+                loss_kind=np.array("mse"), output=np.array("last"))
+    case.update(nr.fixture_outputs(case))
+    case["format_version"] = np.array(nr.FIXTURE_FORMAT_VERSION)
+    path = tmp_path_factory.mktemp("junk") / "case.npz"
+    np.savez(path, **case)
+    return str(path)
+
+
+def test_the_junk_table_covers_every_public_function(junk_fixture_path):
+    # Catches: a public function added to nr.__all__ without a row in the table below.
+    table = _junk_table(junk_fixture_path)
+    assert sorted(table) == _public_functions()
+    for name, build in table.items():                     # every row is a valid call
+        args, kwargs = build()
+        getattr(nr, name)(*args, **kwargs)
+
+
+@pytest.mark.parametrize("name", _public_functions())
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_random_junk_gets_a_value_or_type_error_naming_an_argument(name, junk_fixture_path,
+                                                                  data):
+    # Catches: any other exception (KeyError, IndexError, OverflowError, MemoryError,
+    # AttributeError, a RuntimeWarning), a message that names no argument, a subclass,
+    # masked or byte-swapped array or a list accepted in place of an array, and an
+    # argument modified by the call.
+    fn = getattr(nr, name)
+    args, kwargs = _junk_table(junk_fixture_path)[name]()
+    slots = _slots(args, kwargs)
+    if not slots:                                         # two_node_cases takes nothing
+        fn()
+        return
+    slot = data.draw(st.sampled_from(slots), label="slot")
+    if len(slot) == 3 and slot[2] in ("+unknown", "-first"):
+        kind = slot[2]
+        _put(args, kwargs, slot, None)
+    else:
+        kind, junk = data.draw(st.sampled_from(_junk_for(_get(args, kwargs, slot))),
+                               label="junk")
+        _put(args, kwargs, slot, junk)
+    before = _freeze([args, kwargs])
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            result = fn(*args, **kwargs)
+    except (ValueError, TypeError) as e:
+        assert _names_an_argument(fn, str(e)), f"{name}, {slot}, {kind}: {e}"
+    except FileNotFoundError:
+        assert name == "load_fixture"                     # documented for a missing file
+    else:
+        in_actual = name == "compare" and slot[:2] == ("arg", 1) and len(slot) == 3
+        if in_actual and kind in _MUST_RAISE:             # reported, not raised
+            assert {c.name: c.status for c in result.checks}[slot[2]] == "type"
+        else:
+            assert kind not in _MUST_RAISE, f"{name} accepted {kind} at {slot}"
+        # a dict with a key too many or too few is refused, except where the function
+        # reports it (compare) or documents that more keys may be there (a fixture case)
+        if kind in ("+unknown", "-first"):
+            assert name == "compare" or (name, kind) == ("fixture_outputs", "+unknown"), \
+                f"{name} accepted a dict with a key {'added' if kind[0] == '+' else 'removed'}"
+    assert _freeze([args, kwargs]) == before, f"{name} modified its arguments"
+
+
+def test_every_array_argument_refuses_subclasses_and_byte_swapped_arrays(
+        junk_fixture_path):
+    # Catches, deterministically for every array argument of every function (the
+    # hypothesis test above samples): np.matrix, masked arrays, other subclasses and
+    # byte-swapped arrays accepted anywhere.
+    table = _junk_table(junk_fixture_path)
+    n = 0
+    for name in _public_functions():
+        args, kwargs = table[name]()
+        for slot in _slots(args, kwargs):
+            v = _get(args, kwargs, slot) if not (len(slot) == 3 and slot[2] in
+                                                 ("+unknown", "-first")) else None
+            if not isinstance(v, np.ndarray) or v.dtype.kind == "U":
+                continue
+            for kind, junk in _array_junk(v):
+                if kind not in ("matrix", "subclass", "big-endian", "masked"):
+                    continue
+                a2, k2 = table[name]()
+                _put(a2, k2, slot, junk)
+                n += 1
+                if name == "compare" and slot[:2] == ("arg", 1):
+                    r = nr.compare(*a2, **k2)
+                    assert {c.name: c.status for c in r.checks}[slot[2]] == "type"
+                    continue
+                with pytest.raises(TypeError) as e:
+                    getattr(nr, name)(*a2, **k2)
+                assert _names_an_argument(getattr(nr, name), str(e.value)), str(e.value)
+    assert n > 300                                        # the sweep is not vacuous
