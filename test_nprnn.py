@@ -5622,3 +5622,15 @@ def test_every_array_argument_refuses_subclasses_and_byte_swapped_arrays(
                     getattr(nr, name)(*a2, **k2)
                 assert _names_an_argument(getattr(nr, name), str(e.value)), str(e.value)
     assert n > 300                                        # the sweep is not vacuous
+
+
+def test_clip_is_a_number_above_zero_or_none_and_nothing_else(capsys):
+    # 0, 0.0, -1 and inf used to mean different things (0 turned clipping off, 0.0 was an
+    # error); now only 'none' turns it off and any number must be finite and > 0.
+    for bad in ("0", "0.0", "-1", "inf", "nan", "x"):
+        with pytest.raises(SystemExit) as e:
+            tasks.main(["adding", "--clip", bad])
+        assert e.value.code == 2
+        assert "--clip must be a number > 0 or 'none'" in capsys.readouterr().err, bad
+    assert tasks._clip_arg("none") is None and tasks._clip_arg("NONE") is None
+    assert tasks._clip_arg("2.5") == 2.5
