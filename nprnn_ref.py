@@ -68,6 +68,10 @@ from typing import Callable
 
 import numpy as np
 
+# The package's version, the same string as pyproject.toml's (a test checks). Module
+# metadata like __doc__, so not in __all__, which lists the API.
+__version__ = "0.1.0"
+
 __all__ = [
     # constants and initialisers
     "PARAM_NAMES", "NONLINEARITIES", "LOSSES", "OUTPUTS", "SCHEMES", "Scheme",

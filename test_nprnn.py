@@ -25,6 +25,11 @@ import types
 import warnings
 import zipfile
 
+try:
+    import tomllib                                        # Python 3.11+
+except ModuleNotFoundError:                               # 3.10: the packaging test skips
+    tomllib = None
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
@@ -5634,3 +5639,34 @@ def test_clip_is_a_number_above_zero_or_none_and_nothing_else(capsys):
         assert "--clip must be a number > 0 or 'none'" in capsys.readouterr().err, bad
     assert tasks._clip_arg("none") is None and tasks._clip_arg("NONE") is None
     assert tasks._clip_arg("2.5") == 2.5
+
+
+# =======================================================================================
+# Packaging: pyproject.toml installs nprnn_ref, and only it
+# =======================================================================================
+
+def _pyproject():
+    if tomllib is None:
+        pytest.skip("reading pyproject.toml needs tomllib (Python 3.11+)")
+    with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "pyproject.toml"),
+              "rb") as f:
+        return tomllib.load(f)
+
+
+def test_pyproject_version_is_the_module_version():
+    # Catches: a release bumping one of the two and not the other.
+    assert isinstance(nr.__version__, str)
+    assert _pyproject()["project"]["version"] == nr.__version__
+    assert "__version__" not in nr.__all__              # metadata, not the API
+
+
+def test_pyproject_installs_exactly_nprnn_ref_with_its_dependencies():
+    # Catches: tasks.py (a generic top-level name) or test_nprnn.py installed, a package
+    # discovery that picks up more, or a dependency of the design dropped.
+    cfg = _pyproject()
+    assert cfg["build-system"]["build-backend"] == "setuptools.build_meta"
+    assert cfg["tool"]["setuptools"]["py-modules"] == ["nprnn_ref"]
+    assert "packages" not in cfg["tool"]["setuptools"]
+    names = {re.match(r"[A-Za-z0-9._-]+", d).group(0).lower()
+             for d in cfg["project"]["dependencies"]}
+    assert {"numpy", "hypothesis"} <= names, names
