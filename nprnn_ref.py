@@ -84,6 +84,8 @@ __all__ = [
     "readout_backward", "loss_fn", "loss_and_grads_per_step", "loss_and_grads",
     # optimiser
     "clip_grads", "sgd_step", "rmsprop_step", "cooled_lr",
+    # gradient checking
+    "GradCheck", "GradCheckReport", "check_gradients",
     # analysis
     "autonomous_trajectories", "TwoNodeCase", "two_node_cases",
     "gradient_norms_through_time", "input_sensitivity", "Spectrum", "spectrum",
@@ -1349,6 +1351,162 @@ def spectrum(W: np.ndarray) -> Spectrum:
         raise NonFiniteError(f"the spectrum of W overflowed (radius {radius}, norm {norm}), "
                              f"though W is finite: {_overflow_hint(W.dtype)}")
     return Spectrum(ev, radius, norm, symmetric)
+
+
+# ---------------------------------------------------------------------------------------
+# Gradient checking: central differences, element by element, aware of kinks
+# ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GradCheck:
+    """One element of a gradient check: where, the two values, the tolerance, and the
+    status: "pass", "fail", or "kink" (the state changed within +-step: not checked)."""
+    name: str
+    index: tuple
+    numeric: float
+    analytic: float
+    tolerance: float
+    status: str
+
+
+@dataclass(frozen=True)
+class GradCheckReport:
+    """What ``check_gradients`` found. ``ok`` only when at least one element was checked
+    and none failed: elements skipped at a kink are not passes."""
+    checks: tuple
+    step: float
+
+    @property
+    def n_checked(self) -> int:
+        return sum(c.status != "kink" for c in self.checks)
+
+    @property
+    def n_kinks(self) -> int:
+        return sum(c.status == "kink" for c in self.checks)
+
+    def failures(self) -> list:
+        return [c for c in self.checks if c.status == "fail"]
+
+    @property
+    def ok(self) -> bool:
+        return self.n_checked > 0 and not self.failures()
+
+    def __str__(self):
+        lines = [f"gradient check, central differences with step {self.step:g}: "
+                 f"{self.n_checked} elements checked, {len(self.failures())} failed, "
+                 f"{self.n_kinks} skipped at a kink"]
+        for c in self.failures()[:10]:
+            lines.append(f"  FAIL {c.name}{list(c.index)}: numeric {c.numeric:.6g}, "
+                         f"analytic {c.analytic:.6g}, |difference| "
+                         f"{abs(c.numeric - c.analytic):.3g} > tolerance {c.tolerance:.3g}")
+        return "\n".join(lines)
+
+
+def check_gradients(loss: Callable, arrays: dict, grads: dict, *, state=None,
+                    step: float = 1e-5, rtol: float = 1e-6, atol=None) -> GradCheckReport:
+    """Check analytic gradients against central differences, element by element.
+
+        numeric = (L(theta + step e_i) - L(theta - step e_i)) / (2 step)
+        passes when |numeric - analytic| <= rtol |analytic| + atol
+
+    Inputs
+    - loss: a function of no arguments returning the loss (a float) computed from the
+      arrays of ``arrays``. Each element is perturbed in place and always restored, so
+      ``loss`` must read the arrays themselves, not copies.
+    - arrays: {name: float64 ndarray}, the variables to check (parameters, x, h0, ...).
+    - grads: {name: array of the same shape}: the analytic gradients, same keys.
+    - state: optional function of no arguments returning a discrete state of the model
+      (for a ReLU network, ``lambda: h > 0`` of a forward pass made inside ``loss``, or
+      the masks themselves). Where it differs at theta + step or theta - step from its
+      value at theta, the difference quotient crosses a kink and means nothing there: the
+      element is reported as "kink", neither passed nor failed. A test that must not skip
+      rejects such draws (hypothesis ``assume(report.n_kinks == 0)``).
+    - step: the difference step (1e-5 balances truncation, O(step^2), against rounding,
+      O(eps / step), in float64).
+    - rtol: relative tolerance for the truncation term (1e-6 with step 1e-5).
+    - atol: absolute tolerance; default 100 eps max(|L|, 1) / step: each loss evaluation
+      carries a rounding error of a few eps |L| (100 eps covers sums of many terms),
+      divided by the step in the difference quotient.
+
+    Returns a GradCheckReport (``.ok``, ``.failures()``, ``str(report)``). Example::
+
+        params, x, target = ..., ..., ...
+        L, g = nr.loss_and_grads(params, x, target, nonlinearity="tanh")
+        f = lambda: float(nr.loss_and_grads(params, x, target, nonlinearity="tanh")[0])
+        report = nr.check_gradients(f, dict(params, x=x), g)
+        assert report.ok, report
+    """
+    if not callable(loss):
+        raise TypeError(f"loss must be a function of no arguments, got {type(loss).__name__}")
+    if state is not None and not callable(state):
+        raise TypeError(f"state must be None or a function of no arguments, got "
+                        f"{type(state).__name__}")
+    _check_real("step", step, "a number in (0, 1), the difference step",
+                lambda f: 0 < f < 1)
+    _check_rate("rtol", rtol)
+    if atol is not None:
+        _check_rate("atol", atol)
+    step, rtol = float(step), float(rtol)
+    _check_grad_check_arrays(arrays, grads)
+    L0 = _loss_value(loss)
+    atol = 100 * np.finfo(np.float64).eps * max(abs(L0), 1.0) / step if atol is None \
+        else float(atol)
+    s0 = None if state is None else np.asarray(state()).copy()
+    checks = []
+    for name, a in arrays.items():
+        g = np.asarray(grads[name], dtype=np.float64)
+        for idx in np.ndindex(a.shape):
+            old = a[idx]
+            try:
+                a[idx] = old + step
+                Lp, sp = _loss_value(loss), None if state is None else np.asarray(state())
+                a[idx] = old - step
+                Lm, sm = _loss_value(loss), None if state is None else np.asarray(state())
+            finally:
+                a[idx] = old
+            num, ana = (Lp - Lm) / (2 * step), float(g[idx])
+            tol = rtol * abs(ana) + atol
+            if s0 is not None and not (np.array_equal(sp, s0) and np.array_equal(sm, s0)):
+                status = "kink"
+            else:
+                status = "pass" if abs(num - ana) <= tol else "fail"
+            checks.append(GradCheck(name, tuple(int(i) for i in idx), num, ana, tol, status))
+    return GradCheckReport(tuple(checks), float(step))
+
+
+def _loss_value(loss) -> float:
+    v = loss()
+    if isinstance(v, np.ndarray) and v.shape == ():
+        v = v[()]
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating)):
+        raise TypeError(f"loss must return a number, got {type(v).__name__}")
+    if not math.isfinite(float(v)):
+        raise NonFiniteError(f"loss returned {float(v)}, not a finite number")
+    return float(v)
+
+
+def _check_grad_check_arrays(arrays, grads) -> None:
+    for argname, d in (("arrays", arrays), ("grads", grads)):
+        if not isinstance(d, dict) or not d:
+            raise TypeError(f"{argname} must be a non-empty dict of arrays, got "
+                            f"{type(d).__name__ if not isinstance(d, dict) else 'an empty dict'}")
+    if set(arrays) != set(grads):
+        raise ValueError(f"grads must have the keys of arrays, {sorted(map(str, arrays))}, "
+                         f"got {sorted(map(str, grads))}")
+    for k, a in arrays.items():
+        _as_array(f"arrays[{k!r}]", a)
+        _check_float(f"arrays[{k!r}]", a, np.float64, "the check's")
+        _check_finite(f"arrays[{k!r}]", a)
+        if not a.flags.writeable:
+            raise ValueError(f"arrays[{k!r}] must be writeable: each element is perturbed "
+                             "in place and restored")
+        g = _as_array(f"grads[{k!r}]", grads[k])
+        if g.shape != a.shape:
+            raise ValueError(f"grads[{k!r}] must have shape {a.shape} (that of "
+                             f"arrays[{k!r}]), got {g.shape}")
+        if g.dtype.kind != "f":
+            raise TypeError(f"grads[{k!r}] must hold floats, got dtype {g.dtype.name}")
+        _check_finite(f"grads[{k!r}]", g)
 
 
 # ---------------------------------------------------------------------------------------

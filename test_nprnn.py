@@ -87,29 +87,56 @@ def test_gradients_match_central_differences(nonlinearity, loss, output, seed, T
     params, x, h0, target = _random_case(rng, T, B, D, H, O, loss=loss, output=output)
     L, grads = nr.loss_and_grads(params, x, target, loss=loss, output=output,
                                  nonlinearity=nonlinearity, h0=h0)
-    _, h = _loss_only(params, x, h0, target, loss, output, nonlinearity)
-    mask = h > 0                                        # [z > 0], since h = max(0, z)
-    step = 1e-5
-    # Tolerance from rounding: each loss evaluation carries an error of a few eps * |L|
-    # (100 eps covers the sums over T*B*H terms), divided by h in the difference quotient;
-    # plus 1e-6 relative for the O(h^2) truncation term of the central difference.
-    tol_abs = 100 * EPS64 * max(abs(float(L)), 1.0) / step
+    # nr.check_gradients: h = 1e-5; tolerance 1e-6 |ana| for the O(h^2) truncation term
+    # plus 100 eps max(|L|, 1) / h for rounding (each loss evaluation carries a few
+    # eps |L|, 100 eps covering the sums over T*B*H terms, divided by h).
     arrays = dict(params, x=x, h0=h0)
-    for name, a in arrays.items():
-        for idx in np.ndindex(a.shape):
-            old = a[idx]
-            a[idx] = old + step
-            Lp, hp = _loss_only(params, x, h0, target, loss, output, nonlinearity)
-            a[idx] = old - step
-            Lm, hm = _loss_only(params, x, h0, target, loss, output, nonlinearity)
-            a[idx] = old
-            if nonlinearity == "relu":
-                # A ReLU kink between theta - h and theta + h makes the difference quotient
-                # meaningless there: reject the draw instead of loosening the tolerance.
-                assume(np.array_equal(hp > 0, mask) and np.array_equal(hm > 0, mask))
-            num = (Lp - Lm) / (2 * step)
-            ana = grads[name][idx]
-            assert abs(num - ana) <= 1e-6 * abs(ana) + tol_abs, (name, idx, num, ana)
+    report = nr.check_gradients(
+        lambda: _loss_only(params, x, h0, target, loss, output, nonlinearity)[0],
+        arrays, {k: grads[k] for k in arrays},
+        state=lambda: _loss_only(params, x, h0, target, loss, output, nonlinearity)[1] > 0)
+    # A ReLU kink between theta - h and theta + h makes the difference quotient
+    # meaningless there (tanh has no kinks: its state, h > 0, changes only if h crosses
+    # 0, which the check reports the same way): reject the draw, never loosen the tolerance.
+    assume(report.n_kinks == 0)
+    assert report.ok, report
+    assert report.n_checked == sum(a.size for a in arrays.values())
+
+
+def test_gradient_checker_reports_kinks_and_fails_closed():
+    # A hand-made kink: L = relu(w) with w = 1e-6, closer to 0 than the step 1e-5. The
+    # difference quotient crosses the kink (numeric 0.55, analytic 1), so with the state
+    # (w > 0) given the element is reported as a kink, not as a pass or a failure, and a
+    # report with nothing checked is not ok.
+    w = np.array([1e-6, 0.5])
+    loss = (lambda: float(np.maximum(w, 0).sum()))
+    report = nr.check_gradients(loss, {"w": w}, {"w": np.array([1.0, 1.0])},
+                                state=lambda: w > 0)
+    assert [c.status for c in report.checks] == ["kink", "pass"] and report.ok
+    assert report.checks[0].numeric == pytest.approx(0.55, rel=1e-6)   # (1e-6 + 1e-5) / 2e-5
+    alone = nr.check_gradients(loss, {"w": w[:1].copy()}, {"w": np.ones(1)},
+                               state=lambda: True)
+    assert alone.n_checked == 1
+    kinked = {"w": np.array([1e-6])}
+    only = nr.check_gradients(lambda: float(np.maximum(kinked["w"], 0).sum()), kinked,
+                              {"w": np.ones(1)}, state=lambda: kinked["w"] > 0)
+    assert only.n_kinks == 1 and not only.ok                # nothing checked: not a pass
+    np.testing.assert_array_equal(w, [1e-6, 0.5])            # every element restored
+
+
+def test_gradient_checker_catches_a_gradient_off_by_1e_4():
+    rng = np.random.default_rng(1)
+    params, x, h0, target = _random_case(rng, 3, 2, 2, 3, 2, loss="mse", output="all")
+    L, grads = nr.loss_and_grads(params, x, target, output="all", h0=h0, nonlinearity="tanh")
+    f = (lambda: float(nr.loss_and_grads(params, x, target, output="all", h0=h0,
+                                         nonlinearity="tanh")[0]))
+    arrays = dict(params, x=x)
+    assert nr.check_gradients(f, arrays, {k: grads[k] for k in arrays}).ok
+    wrong = {k: grads[k].copy() for k in arrays}
+    wrong["W_hh"][0, 1] += 1e-4
+    report = nr.check_gradients(f, arrays, wrong)
+    assert [(c.name, c.index) for c in report.failures()] == [("W_hh", (0, 1))]
+    assert "FAIL W_hh[0, 1]" in str(report)
 
 
 def test_gradient_check_is_not_vacuous():
@@ -5339,7 +5366,7 @@ def test_the_cache_refers_to_the_callers_arrays_as_documented():
 # Classes of nr.__all__ that are records or the error type, not computations: their
 # constructors take any field values (frozen dataclasses) and are left out.
 _RECORD_TYPES = ("Scheme", "TwoNodeCase", "Spectrum", "TensorCheck", "CompareReport",
-                 "NonFiniteError")
+                 "NonFiniteError", "GradCheck", "GradCheckReport")
 
 
 def _junk_table(fixture_path):
@@ -5373,6 +5400,11 @@ def _junk_table(fixture_path):
         p, x, h0, t, _, _ = base()
         return [dict(p, x=x, h0=h0, target=t, nonlinearity=np.array("relu"),
                      loss_kind="mse", output="last")], {}
+
+    def grad_check_call():
+        w = np.array([0.3, -0.2])
+        return [lambda: float(np.sum(w * w)), {"w": w}, {"w": 2 * w.copy()}], \
+            dict(step=1e-5, rtol=1e-6)
 
     W = np.array([[0.5, 0.25], [0.25, 0.5]])
     return {
@@ -5408,6 +5440,7 @@ def _junk_table(fixture_path):
         "input_sensitivity": lambda: (lambda b: ([b[0], b[1]],
                                                  dict(nonlinearity="relu", h0=b[2])))(base()),
         "spectrum": lambda: ([W.copy()], {}),
+        "check_gradients": grad_check_call,
         "to_torch_state_dict": lambda: ([base()[0]], {}),
         "from_torch_state_dict": lambda: ([nr.to_torch_state_dict(base()[0])], {}),
         "fixture_outputs": fixture_case,
