@@ -4423,11 +4423,15 @@ def plot_paper_curves(path, groups, folders):
                              squeeze=False)
     for ax, (title, runs) in zip(axes[0], groups.items()):
         seeds = len({r["seed"] for r in runs}) > 1
+        colour = {s: plt.cm.tab10(i % 10) for i, s in
+                  enumerate(dict.fromkeys(r["scheme"] for r in runs))}  # one per network
+        styles = ("-", "--", ":", "-.")                                 # one per seed
         for r in runs:
             rows = read_curve_csv(os.path.join(folders[r["run"]], "curves.csv"))
             key = "test_accuracy" if r["task"] == "pixel" else "test_within"
             label = (r["paper_name"] or r["scheme"]) + (f" s{r['seed']}" if seeds else "")
-            ax.plot([p["update"] for p in rows], [100 * p[key] for p in rows], lw=1.2,
+            ax.plot([p["update"] for p in rows], [100 * p[key] for p in rows], lw=1.0,
+                    color=colour[r["scheme"]], ls=styles[r["seed"] % len(styles)],
                     label=label)
         ax.set_ylim(0, 100)
         ax.set_xlabel("update")
