@@ -2237,6 +2237,13 @@ def load_fixture(path) -> dict:
             case = {k: z[k] for k in z.files}            # reads (and CRC-checks) every member
     except (zipfile.BadZipFile, zlib.error, ValueError, OSError, EOFError, KeyError) as e:
         raise _fixture_error(path, f"cannot read it ({type(e).__name__}: {e})") from None
+    _check_fixture_keys(path, case)
+    _check_fixture_arrays(path, case)
+    return case
+
+
+def _check_fixture_keys(path, case) -> None:
+    """The keys, format version and conventions of a fixture case."""
     missing = [k for k in FIXTURE_KEYS if k not in case]
     extra = sorted(set(case) - set(FIXTURE_KEYS))
     if "format_version" in case:
@@ -2255,6 +2262,10 @@ def load_fixture(path) -> dict:
         if v.shape != () or v.dtype.kind != "U" or str(v) not in valid:
             raise _fixture_error(path, f"{k} must be a 0-d string, one of {valid}, "
                                  f"got {v!r}")
+
+
+def _check_fixture_arrays(path, case) -> None:
+    """Every array of a fixture case: shapes, dtypes and values agree with each other."""
     try:
         H, D, O, dtype = check_params({k: case[k] for k in PARAM_NAMES})
     except (TypeError, ValueError) as e:
@@ -2286,7 +2297,6 @@ def load_fixture(path) -> dict:
                                  f"parameters'), got {a.dtype.name}")
         if not np.all(np.isfinite(a)):
             raise _fixture_error(path, f"{k} has non-finite values")
-    return case
 
 
 @dataclass(frozen=True)

@@ -1212,6 +1212,11 @@ class _Reporter:
         self.start, self.total, self.metric_name = start, total, metric_name
         self.train0, self.last = train0, 0.0
 
+    def due(self, force=False) -> bool:
+        """Whether a call now would report (so a caller can skip building its view)."""
+        return self.report is not None and (
+            force or time.perf_counter() - self.last >= self.every)
+
     def __call__(self, step, hist, force=False):
         now = time.perf_counter()
         if self.report is None or (not force and now - self.last < self.every):
@@ -2368,8 +2373,9 @@ def train_paper_run(folder, report=None, report_every=0.5, until=None) -> dict:
                 clocks()
                 _save_run_checkpoint(folder, spec, params, opt_state, u + 1, history, [])
                 _write_curves_csv(folder, spec, history)
-            progress(u + 1, _PaperProgress(history, pending, train0 + train_time),
-                     force=u + 1 == stop)
+            if progress.due(force=u + 1 == stop):
+                progress(u + 1, _PaperProgress(history, pending, train0 + train_time),
+                         force=True)
     clocks()
     if history["diverged_at"] is not None or stop == total:
         return _finish_paper_run(folder, spec, data, nonlin, params, history, last_m)
@@ -3982,11 +3988,6 @@ def _float_list(parse):
             raise argparse.ArgumentTypeError(f"expected a comma-separated list, got {text!r}")
         return vals
     return f
-
-
-def _check_new_paths(paths, force):
-    """Refuse to overwrite: every existing path in ``paths`` is an error without --force."""
-    _check_outputs(paths, force)
 
 
 def _collect(results):
