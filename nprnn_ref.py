@@ -59,11 +59,23 @@ weight names, golden fixtures, the checker).
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.util
+import io
+import json
 import math
 import os
+import socket
+import subprocess
+import sys
+import time
+import traceback
 import zipfile
 import zlib
+from dataclasses import asdict as dataclasses_asdict
 from dataclasses import dataclass
+from dataclasses import replace as dataclasses_replace
 from typing import Callable
 
 import numpy as np
@@ -2090,7 +2102,7 @@ def _bptt_overflow(name, cache, dh, output, argnames):
 
 TORCH_KEYS = ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0",
               "readout.weight", "readout.bias")
-FIXTURE_FORMAT_VERSION = 1
+FIXTURE_FORMAT_VERSION = 2
 FIXTURE_INPUT_KEYS = ("x", "h0", "target") + PARAM_NAMES + ("nonlinearity", "loss_kind",
                                                            "output")
 FIXTURE_OUTPUT_KEYS = ("h", "y", "loss", "grad_W_hx", "grad_W_hh", "grad_b_h",
@@ -2449,3 +2461,1697 @@ def compare(expected: dict, actual: dict, rtol: float, atol: float) -> CompareRe
     checks += [TensorCheck(k, "extra", detail="not in expected, not compared")
                for k in actual if k not in expected]
     return CompareReport(tuple(checks), float(rtol), float(atol))
+
+
+# =======================================================================================
+# Verification kit: golden fixtures, scale-aware checks, tolerance tiers, an isolated
+# backend runner, property-based differential testing, diagnoses and reports
+# =======================================================================================
+#
+# Everything a team checking its own backend needs, reachable after `pip install
+# nprnn-ref`: ``export_fixtures`` writes golden cases for any language; ``verify_fixtures``
+# checks a Python function against a fixture directory; ``verify_differential`` draws cases
+# with hypothesis and shrinks a failure to the smallest case; ``check_case`` checks one
+# result; ``main`` is the ``nprnn-ref`` console command (tasks.py reuses its parsers).
+#
+# Fail closed: a case passes only when the backend, run in a separate process (so that
+# sys.exit, os._exit, a crash or a hang cannot end or stall the check), returned in time a
+# dict of plain arrays of the case's dtype and shapes, every tensor within the tier's
+# tolerance. The case list and the tolerances come from this module, never from the
+# fixture directory's editable manifest.
+
+VERIFY_TIMEOUT = 120.0      # seconds per case, the first including the backend's start
+_CASE_KEYS = ("name", "dtype", "tier", "status", "problem", "seconds")
+
+
+@dataclass(frozen=True)
+class Tier:
+    """A tolerance tier: a tensor (or, for tensors indexed by time, each time step of it)
+    passes when every element has |a - e| <= rtol * S + floor, with S the largest |e| of
+    that tensor or step. An all-zero expected tensor or step (S = 0) therefore requires
+    |a| <= floor: exact zeros in float64."""
+    name: str
+    dtype: str
+    rtol: float
+    floor: float
+    reason: str
+
+
+# The only absolute floor is the one float32 forces: values below the smallest normal
+# number (FLOAT32_FLUSH, 1.18e-38) are flushed to zero by this reference's float32 path and
+# by GPUs, and kept as subnormals by CPU backends; the difference (at most FLOAT32_FLUSH per
+# element) passes through at most a few products with weights of norm below 8 within a case.
+FLOAT32_FLOOR = 1024 * FLOAT32_FLUSH
+
+TIERS = {
+    "float64": Tier("float64", "float64", 1e-10, 0.0,
+                    "float64 backends differ by rounding alone: unit roundoff 1.1e-16 "
+                    "times the accumulation length (at most a few hundred terms) and the "
+                    "recurrence's mild growth, about 1e-14 of each tensor's or step's "
+                    "scale; measured below 1e-13 (see survey-fixtures)."),
+    "float32": Tier("float32", "float32", 1e-4, FLOAT32_FLOOR,
+                    "float32 backends (unit roundoff 6e-8) accumulate about 1e-6 of each "
+                    "tensor's or step's scale; expected values are computed in float64 "
+                    "from the float32 inputs and rounded once. Floor: subnormals (see "
+                    "FLOAT32_FLOOR)."),
+    "tf32": Tier("tf32", "float32", 2e-2, FLOAT32_FLOOR,
+                 "float32 on a GPU whose matrix products round their operands to TF32 "
+                 "(a 10-bit mantissa, unit roundoff 4.9e-4), the default of cuDNN's RNN "
+                 "kernels (torch.backends.cudnn.allow_tf32 = True) on Ampere and later: "
+                 "errors of about 1e-3 of the scale per product, compounding over the "
+                 "steps of BPTT; derived with gpu_emulation_outputs."),
+}
+DTYPE_TIERS = {"float64": ("float64",), "float32": ("float32", "tf32")}
+
+
+def _tier(tier) -> Tier:
+    if isinstance(tier, Tier):
+        return tier
+    if tier not in TIERS:
+        raise ValueError(f"tier must be one of {', '.join(TIERS)}, got {_short(tier)}")
+    return TIERS[tier]
+
+
+def _tighter(tier: Tier, rtol) -> Tier:
+    """The tier with rtol replaced by a tighter one (a looser rtol is refused: looser
+    tolerances come only from a named tier)."""
+    if rtol is None:
+        return tier
+    rtol = _check_real("rtol", rtol, "a finite number >= 0")
+    if not 0 <= rtol <= tier.rtol:
+        raise ValueError(f"rtol may only tighten the {tier.name} tier's {tier.rtol:g}, got "
+                         f"{rtol:g}; choose a looser named tier instead (one of "
+                         f"{', '.join(TIERS)})")
+    return dataclasses_replace(tier, rtol=rtol, name=f"{tier.name} (rtol {rtol:g})")
+
+
+# --- Cases: one spec, drawn reproducibly ------------------------------------------------
+
+RELU_MARGIN = 1e-3          # relative to the case's largest |pre-activation|
+TANH_MAX_Z = 4.0            # tanh cases keep |z| <= 4: 1 - tanh^2 >= 1.3e-3 stays accurate
+MAX_LABEL_PROB = 0.99       # xent: softmax(y)[label] above it makes dL/dy = p - 1 cancel
+FIXTURE_BASE_SEED = 1511_03771      # the paper's arXiv number
+FIXTURE_MAX_DRAWS = 100
+SYMMETRIC_SCHEMES = ("np", "np-tanh", "irnn", "i-rnn")   # whose W_hh is symmetric
+
+
+@dataclass(frozen=True)
+class CaseSpec:
+    """One verification case. Its rng is np.random.default_rng([base_seed, seed]), so no
+    case depends on another.
+
+    scale multiplies x, h0 and b_h; w_scale multiplies W_hx and W_yh (targets and b_y
+    follow the read-out's scale, scale * w_scale^2). zeros makes exact-zero ReLU
+    pre-activations structurally: the first ceil(H / 3) units have zero rows in W_hx, W_hh
+    and b_h (their z is 0 at every step), b_h is 0 elsewhere too and sequence 0 starts
+    from x_1 = 0 and h0 = 0 (every z of its first step is 0), so backends that take
+    ReLU'(0) = 1 or 1/2 fail. h0=False starts every sequence from 0. nonsym replaces W_hh
+    by W_hh Q (Q random orthogonal), which keeps its singular values and breaks symmetry.
+    """
+    seed: int
+    scheme: str
+    loss: str
+    output: str
+    T: int
+    B: int
+    D: int
+    H: int
+    O: int
+    dtype: str = "float64"
+    scale: float = 1.0
+    w_scale: float = 1.0
+    zeros: bool = False
+    h0: bool = True
+    nonsym: bool = False
+
+    @property
+    def nonlinearity(self) -> str:
+        return SCHEMES[self.scheme].nonlinearity
+
+    @property
+    def name(self) -> str:
+        tags = "".join([f"_s{self.scale:g}" if self.scale != 1 else "",
+                        f"_w{self.w_scale:g}" if self.w_scale != 1 else "",
+                        "_zeros" if self.zeros else "", "" if self.h0 else "_noh0",
+                        "_nonsym" if self.nonsym else ""])
+        short = {"float64": "f64", "float32": "f32"}[self.dtype]
+        return (f"{self.scheme}_{self.nonlinearity}_{self.loss}_{self.output}"
+                f"_T{self.T}_B{self.B}{tags}_{short}")
+
+    @property
+    def symmetric_w_hh(self) -> bool:
+        return self.scheme in SYMMETRIC_SCHEMES and not self.nonsym
+
+
+def _check_case_spec(spec) -> CaseSpec:
+    if not isinstance(spec, CaseSpec):
+        raise TypeError(f"spec must be a CaseSpec, got {type(spec).__name__}")
+    _check_choice("spec.scheme", spec.scheme, tuple(SCHEMES))
+    _check_choice("spec.loss", spec.loss, LOSSES)
+    _check_choice("spec.output", spec.output, OUTPUTS)
+    _check_choice("spec.dtype", spec.dtype, ("float64", "float32"))
+    for k in ("T", "B", "D", "H", "O"):
+        _check_size(f"spec.{k}", getattr(spec, k))
+    if spec.loss == "xent" and spec.O < 2:
+        raise ValueError(f"spec.O must be >= 2 for loss 'xent' (one class has no "
+                         f"cross-entropy to learn), got {spec.O}")
+    for k in ("scale", "w_scale"):
+        v = _check_real(f"spec.{k}", getattr(spec, k), "a finite number > 0")
+        if not 1e-12 <= v <= 1e6:
+            raise ValueError(f"spec.{k} must lie in [1e-12, 1e6] (scales that stay clear "
+                             f"of overflow and of float32's smallest normal), got {v:g}")
+    return spec
+
+
+def preactivations(case) -> np.ndarray:
+    """z_t = W_hx x_t + W_hh h_{t-1} + b_h for every step, recomputed in float64 from a
+    case's x, h0, h and weights (h_{t-1} taken from the stored states). Shape (T, B, H)."""
+    f = {k: np.asarray(case[k], np.float64) for k in ("x", "h0", "h", "W_hx", "W_hh", "b_h")}
+    h_prev = np.concatenate([f["h0"][None], f["h"][:-1]])          # (T, B, H)
+    return f["x"] @ f["W_hx"].T + h_prev @ f["W_hh"].T + f["b_h"]  # (T, B, H)
+
+
+def label_probabilities(case) -> np.ndarray:
+    """softmax(y)[label] for every read-out row of an xent case, in float64."""
+    y = np.asarray(case["y"], np.float64)
+    rows = y.reshape(-1, y.shape[-1])                              # (n, O)
+    e = np.exp(rows - rows.max(axis=1, keepdims=True))
+    p = e / e.sum(axis=1, keepdims=True)
+    return p[np.arange(rows.shape[0]), np.asarray(case["target"]).reshape(-1)]
+
+
+def _draw_case(spec: CaseSpec, rng) -> dict:
+    """One draw of a case's inputs, float64 (the order of draws is fixed)."""
+    p = init_params(spec.D, spec.H, spec.O, spec.scheme, rng)
+    p["b_h"] = 0.1 * rng.standard_normal(spec.H)
+    p["b_y"] = 0.5 * rng.standard_normal(spec.O)
+    if spec.nonsym:
+        p["W_hh"] = p["W_hh"] @ orthogonal_init(spec.H, rng)
+    lead = (spec.B,) if spec.output == "last" else (spec.T, spec.B)
+    case = dict(p)
+    case["x"] = rng.standard_normal((spec.T, spec.B, spec.D))
+    case["h0"] = 0.5 * rng.standard_normal((spec.B, spec.H))
+    if spec.loss == "mse":
+        case["target"] = rng.standard_normal(lead + (spec.O,))
+    else:
+        case["target"] = rng.integers(0, spec.O, size=lead).astype(np.int64)
+    s, w = spec.scale, spec.w_scale
+    for k in ("x", "h0", "b_h"):
+        case[k] = case[k] * s
+    case["W_hx"], case["W_yh"] = case["W_hx"] * w, case["W_yh"] * w
+    case["b_y"] = case["b_y"] * (s * w * w)
+    if spec.loss == "mse":
+        case["target"] = case["target"] * (s * w * w)
+    if not spec.h0:
+        case["h0"] = np.zeros_like(case["h0"])
+    if spec.zeros:
+        k = -(-spec.H // 3)
+        case["W_hx"][:k] = 0.0
+        case["W_hh"][:k] = 0.0
+        case["b_h"] = np.zeros_like(case["b_h"])
+        case["x"][0, 0] = 0.0
+        case["h0"][0] = 0.0
+    return case
+
+
+def _reference_outputs(case: dict, dtype) -> dict:
+    """The expected outputs: computed in float64 from the case's (already rounded) inputs
+    and rounded once to ``dtype``; in float32, results below FLOAT32_FLUSH in magnitude are
+    flushed to zero, the reference's float32 convention."""
+    c64 = {k: (np.asarray(v, np.float64) if k in FIXTURE_INPUT_KEYS[:8] and k != "target"
+               or (k == "target" and np.asarray(v).dtype.kind == "f") else v)
+           for k, v in case.items()}
+    out = fixture_outputs(c64)
+    if dtype == np.float64:
+        return out
+    res = {}
+    for k, v in out.items():
+        v32 = v.astype(dtype)
+        res[k] = np.where(np.abs(v32) < FLOAT32_FLUSH, dtype.type(0), v32).astype(dtype)
+    return res
+
+
+def make_case(spec: CaseSpec, base_seed: int = FIXTURE_BASE_SEED, *,
+              margin: float = RELU_MARGIN, max_draws: int = FIXTURE_MAX_DRAWS):
+    """Draw one case and compute its expected outputs with this reference.
+
+    Weights from ``init_params(spec.scheme)`` then b_h ~ N(0, 0.1^2), b_y ~ N(0, 0.5^2),
+    (W_hh Q if spec.nonsym), x ~ N(0, 1), h0 ~ N(0, 0.5^2), mse targets ~ N(0, 1) or xent
+    labels uniform in [0, O); then the scales and zeros of CaseSpec. Drawn in float64 and
+    rounded to spec.dtype; the outputs are computed in float64 from the rounded inputs and
+    rounded once (see _reference_outputs). A draw is redrawn (from the same stream, at
+    most ``max_draws`` times) unless every ReLU pre-activation is exactly 0 (the
+    structural zeros) or at least ``margin`` times the case's largest |z| away from 0, so
+    that rounding cannot move a unit across the kink, and (xent) every label's probability
+    is at most MAX_LABEL_PROB.
+
+    Returns (case, info): case has FIXTURE_KEYS; info has draws, the smallest non-zero
+    relative |z| and the number of exact zeros.
+    """
+    _check_case_spec(spec)
+    _check_size("base_seed", base_seed, minimum=0)
+    dtype = np.dtype(spec.dtype)
+    rng = np.random.default_rng([base_seed, spec.seed])
+    best, rejected = 0.0, {"relu margin": 0, "saturated softmax": 0, "saturated tanh": 0}
+    for draw in range(1, max_draws + 1):
+        drawn = _draw_case(spec, rng)
+        case = {k: (v.astype(dtype) if k != "target" or spec.loss == "mse" else v)
+                for k, v in drawn.items()}
+        case["nonlinearity"] = np.array(spec.nonlinearity)
+        case["loss_kind"] = np.array(spec.loss)
+        case["output"] = np.array(spec.output)
+        case.update(_reference_outputs(case, dtype))
+        case["format_version"] = np.array(FIXTURE_FORMAT_VERSION, np.int64)
+        if spec.loss == "xent" and label_probabilities(case).max() > MAX_LABEL_PROB:
+            rejected["saturated softmax"] += 1           # dL/dy = p - 1 would cancel
+            continue
+        z = np.abs(preactivations(case))
+        if spec.nonlinearity != "relu":
+            if z.max() <= TANH_MAX_Z:
+                return case, {"draws": draw, "min_rel_preactivation": None,
+                              "exact_zeros": 0}
+            rejected["saturated tanh"] += 1              # 1 - h^2 would cancel
+            best = max(best, 0.0)
+            continue
+        top = float(z.max())
+        nonzero = z[z != 0]
+        m = float(nonzero.min()) / top if nonzero.size else 1.0
+        if m >= margin:
+            return case, {"draws": draw, "min_rel_preactivation": m,
+                          "exact_zeros": int(z.size - nonzero.size)}
+        best = max(best, m)
+        rejected["relu margin"] += 1
+    raise RuntimeError(
+        f"case {spec.name}: no draw in {max_draws} had every non-zero ReLU pre-activation "
+        f"at least {margin:g} of the largest away from 0, every tanh pre-activation at "
+        f"most {TANH_MAX_Z:g} in size and every xent label probability at most "
+        f"{MAX_LABEL_PROB} (rejections: "
+        + ", ".join(f"{k} {v}" for k, v in rejected.items())
+        + f"; best {best:.3g}); use a case with fewer steps, sequences or units")
+
+
+def _c(seed, scheme, loss, output, T, B, D, H, O, dtype="float64", **kw):
+    return CaseSpec(seed, scheme, loss, output, T, B, D, H, O, dtype, **kw)
+
+
+# Every nonlinearity x loss x output, every scheme, B = 1 and B > 1, T from 1 to 60,
+# D, H, O pairwise different, both dtypes; a non-symmetric W_hh for every nonlinearity
+# (tanh, ornn, nrnn, grnn, and nonsym), exact-zero ReLU pre-activations, scales from
+# 1e-8 to 1e4, no h0, and gradients that fade through time (i-RNN, T = 40).
+FIXTURE_CASES = (
+    _c(1, "np", "mse", "last", 6, 3, 2, 4, 3),
+    _c(2, "np", "xent", "all", 50, 2, 3, 5, 4),
+    _c(3, "irnn", "mse", "all", 1, 1, 4, 3, 2),
+    _c(4, "irnn", "xent", "last", 20, 2, 3, 4, 2),
+    _c(5, "i-rnn", "xent", "last", 9, 1, 2, 6, 5),
+    _c(6, "tanh", "mse", "all", 7, 2, 5, 4, 3),
+    _c(7, "tanh", "xent", "last", 60, 3, 2, 5, 3),
+    _c(8, "np-tanh", "mse", "last", 1, 4, 3, 7, 2),
+    _c(9, "np-tanh", "xent", "all", 12, 1, 4, 3, 5),
+    _c(10, "np", "mse", "all", 10, 2, 3, 5, 2, "float32"),
+    _c(11, "np", "xent", "last", 50, 2, 2, 4, 3, "float32"),
+    _c(12, "i-rnn", "mse", "last", 3, 1, 2, 3, 4, "float32"),
+    _c(13, "tanh", "xent", "all", 8, 3, 4, 5, 3, "float32"),
+    _c(14, "np-tanh", "mse", "all", 1, 1, 3, 6, 2, "float32"),
+    _c(15, "nrnn", "xent", "all", 15, 2, 3, 6, 4),
+    _c(16, "grnn", "mse", "last", 25, 3, 2, 5, 3),
+    _c(17, "ornn", "mse", "all", 5, 2, 3, 4, 2, "float32"),
+    _c(18, "np", "mse", "all", 8, 3, 2, 6, 3, zeros=True),
+    _c(19, "nrnn", "xent", "last", 6, 2, 3, 5, 4, zeros=True),
+    _c(20, "np", "mse", "last", 7, 2, 3, 6, 2, "float32", zeros=True),
+    _c(21, "np-tanh", "mse", "all", 6, 2, 3, 4, 2, nonsym=True),
+    _c(22, "np", "xent", "all", 9, 2, 2, 5, 3, nonsym=True, h0=False),
+    _c(23, "irnn", "mse", "all", 12, 2, 3, 4, 2, scale=1e-8, nonsym=True),
+    _c(24, "tanh", "mse", "last", 10, 2, 2, 5, 3, scale=1e-8),
+    _c(25, "np", "mse", "all", 6, 2, 4, 3, 2, "float32", scale=1e-6, w_scale=1e-2),
+    _c(26, "grnn", "mse", "all", 8, 2, 3, 5, 2, scale=1e4),
+    _c(27, "np", "mse", "last", 5, 3, 2, 4, 3, "float32", scale=1e3, w_scale=10),
+    _c(28, "i-rnn", "mse", "all", 40, 2, 3, 4, 2, nonsym=True),
+    _c(29, "ornn", "xent", "last", 30, 2, 3, 5, 2, "float32", h0=False),
+)
+
+
+# --- Checking one result: scale-aware, per time step, dtype-strict ---------------------
+
+def _time_indexed(name: str, output: str) -> bool:
+    """Tensors indexed by time, checked step by step: h, grad_x, and y when every step
+    is read out."""
+    return name in ("h", "grad_x") or (name == "y" and output == "all")
+
+
+@dataclass(frozen=True)
+class TensorResult:
+    """One tensor of one case, checked with a Tier.
+
+    status: "pass", "fail" (some element outside the tolerance), "missing", "type" (not a
+    plain NumPy array), "dtype" (not the case's dtype), "shape", "non-finite". err is
+    |a - e|; scale S is the largest |e| of the tensor or, for tensors indexed by time, of
+    the time step (at the worst element); ratio = err / (rtol S + floor), passing iff <= 1.
+    factor is the least-squares k of a ~ k e with its relative residual; bad_steps the
+    time steps with failing elements (tensors indexed by time only).
+    """
+    name: str
+    status: str
+    detail: str = ""
+    shape: tuple | None = None
+    max_abs: float | None = None
+    index: tuple | None = None
+    scale: float | None = None
+    rel: float | None = None               # err / S at the worst element
+    ratio: float | None = None
+    n_bad: int = 0
+    factor: float | None = None
+    residual: float | None = None
+    actual_zero: bool = False
+    bad_steps: tuple = ()
+    transposed: bool = False               # a square tensor that fails, but a ~ e.T passes
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "pass"
+
+
+class _Unusable:
+    """Stands for a returned value the backend's process could not send as an array."""
+
+    def __init__(self, problem):
+        self.problem = problem
+
+
+def _plain_problem(v, dtype) -> tuple:
+    """(status, detail) when v is not a plain array of ``dtype``, else (None, "")."""
+    problem = _numeric_problem(v)
+    if problem is not None:
+        return "type", problem
+    if not isinstance(v, (np.ndarray, np.generic)):
+        return "type", (f"expected a numpy.ndarray of dtype {dtype.name}, got a Python "
+                        f"{type(v).__name__}")
+    if np.asarray(v).dtype != dtype:
+        got = np.asarray(v).dtype
+        hint = " (an upcast: compute in the case's dtype)" if got.itemsize > \
+            dtype.itemsize else ""
+        return "dtype", f"expected dtype {dtype.name} (the case's), got {got.name}{hint}"
+    return None, ""
+
+
+def _check_tensor(name, e, a, tier: Tier, by_step: bool, mag) -> TensorResult:
+    dtype = e.dtype
+    if isinstance(a, _Unusable):
+        return TensorResult(name, "type", a.problem)
+    status, detail = _plain_problem(a, dtype)
+    if status:
+        return TensorResult(name, status, detail)
+    a = np.asarray(a)
+    if a.shape != e.shape:
+        return TensorResult(name, "shape", f"expected shape {e.shape}, got {a.shape}",
+                            shape=a.shape)
+    a64, e64 = a.astype(np.float64), e.astype(np.float64)
+    bad = ~np.isfinite(a64)
+    if bad.any():
+        i = tuple(int(j) for j in np.argwhere(bad)[0])
+        return TensorResult(name, "non-finite", f"{int(bad.sum())} non-finite value(s), "
+                            f"first {a64[i]} at {i}", shape=a.shape, n_bad=int(bad.sum()))
+    if a.size == 0:
+        return TensorResult(name, "pass", shape=a.shape, max_abs=0.0, ratio=0.0)
+    err = np.abs(a64 - e64)
+    mag = np.maximum(np.abs(e64), mag)
+    if by_step:
+        S = mag.reshape(mag.shape[0], -1).max(axis=1).reshape((-1,) + (1,) * (a.ndim - 1))
+        S = np.broadcast_to(S, a.shape)
+    else:
+        S = np.broadcast_to(mag.max(), a.shape)
+    tol = tier.rtol * S + tier.floor
+    with np.errstate(all="ignore"):
+        ratio = np.where(err == 0, 0.0, err / tol)
+        rel = np.where(err == 0, 0.0, err / S)
+    i = np.unravel_index(int(np.argmax(ratio)), a.shape)
+    badmask = err > tol
+    ee, aa = float(np.vdot(e64, e64)), float(np.vdot(a64, e64))
+    factor = residual = None
+    if ee > 0:
+        factor = aa / ee
+        with np.errstate(all="ignore"):
+            residual = float(np.linalg.norm(a64 - factor * e64) / math.sqrt(ee))
+    steps = tuple(int(t) for t in np.flatnonzero(badmask.reshape(a.shape[0], -1).any(1))) \
+        if by_step else ()
+    transposed = bool(badmask.any() and a.ndim == 2 and a.shape[0] == a.shape[1]
+                      and np.all(np.abs(a64 - e64.T) <= tol))
+    return TensorResult(name, "fail" if badmask.any() else "pass", shape=a.shape,
+                        max_abs=float(err[i]), index=tuple(int(j) for j in i),
+                        scale=float(S[i]), rel=float(rel[i]), ratio=float(ratio[i]),
+                        n_bad=int(badmask.sum()), factor=factor, residual=residual,
+                        actual_zero=not np.any(a64), bad_steps=steps,
+                        transposed=transposed)
+
+
+def check_case(case: dict, actual, tier="float64") -> tuple:
+    """Check a backend's result for one case (a dict with FIXTURE_KEYS, as make_case or
+    load_fixture return) with a tolerance tier. Returns one TensorResult per output key,
+    in FIXTURE_OUTPUT_KEYS order, then a "type" result for each unexpected key of actual.
+
+    Strict where ``compare`` is lenient: every value must be a plain numpy.ndarray (or a
+    NumPy scalar) of exactly the case's dtype, and the tolerance scales with each tensor's
+    own size, per time step for h, grad_x and (output "all") y; see Tier.
+    """
+    tier = _tier(tier)
+    if not isinstance(case, dict) or any(k not in case for k in FIXTURE_KEYS):
+        raise TypeError("case must be a dict with FIXTURE_KEYS (make_case, load_fixture)")
+    dtype = np.asarray(case["h"]).dtype
+    if dtype.name != tier.dtype:
+        raise ValueError(f"tier {tier.name!r} checks {tier.dtype} cases, this case is "
+                         f"{dtype.name}")
+    if not isinstance(actual, dict):
+        return (TensorResult("(result)", "type", "the function must return a dict with "
+                             f"keys {', '.join(FIXTURE_OUTPUT_KEYS)}, got "
+                             f"{type(actual).__name__}"),)
+    output = str(case["output"])
+    mags = error_scales(case)
+    out = [TensorResult(k, "missing", "not returned") if k not in actual else
+           _check_tensor(k, np.asarray(case[k]), actual[k], tier, _time_indexed(k, output),
+                         mags[k])
+           for k in FIXTURE_OUTPUT_KEYS]
+    out += [TensorResult(str(k), "type", "not an output key (a misspelt name?)")
+            for k in actual if k not in FIXTURE_OUTPUT_KEYS]
+    return tuple(out)
+
+
+# --- TF32 rounding, emulated in NumPy ----------------------------------------------------
+
+def round_mantissa(a: np.ndarray, bits: int) -> np.ndarray:
+    """float32 values rounded to ``bits`` explicit mantissa bits (round to nearest, ties
+    to even): bits=10 is TF32 (what Ampere-and-later tensor cores make of float32 matrix
+    product operands), 7 is bfloat16, 23 leaves float32 unchanged."""
+    a = _as_array("a", a)
+    if a.dtype != np.float32:
+        raise TypeError(f"a must have dtype float32, got {_dtype_text(a.dtype)}")
+    bits = _check_size("bits", bits, minimum=0)
+    if bits > 23:
+        raise ValueError(f"bits must be at most 23 (float32's mantissa), got {bits}")
+    drop = 23 - bits
+    if drop == 0:
+        return a.copy()
+    u = a.view(np.uint32).astype(np.uint64)
+    half = (1 << (drop - 1)) - 1
+    lsb = (u >> drop) & 1
+    r = ((u + half + lsb) >> drop) << drop
+    return (r & 0xFFFFFFFF).astype(np.uint32).view(np.float32)
+
+
+def _loop(case: dict, rnd=None) -> dict:
+    """The model, its loss and BPTT as plain loops in the dtype of the case's arrays,
+    every operand of every matrix product passed through ``rnd`` (None: unrounded).
+    Returns the outputs and the intermediates the error scales need (dy, dz, the
+    derivative f' at each step, h_{t-1} and the read-out states)."""
+    def mm(a, b):
+        return rnd(a) @ rnd(b) if rnd is not None else a @ b
+    nl, loss, output = str(case["nonlinearity"]), str(case["loss_kind"]), str(case["output"])
+    x, h0, W_hx, W_hh, b_h = (case[k] for k in ("x", "h0", "W_hx", "W_hh", "b_h"))
+    W_yh, b_y = case["W_yh"], case["b_y"]
+    dt = x.dtype
+    T, B, _ = x.shape
+    hs = [h0]
+    for t in range(T):
+        z = mm(x[t], W_hx.T) + mm(hs[-1], W_hh.T) + b_h
+        hs.append(np.where(z > 0, z, dt.type(0)) if nl == "relu" else np.tanh(z))
+    h = np.stack(hs[1:])
+    h_prev = np.stack(hs[:-1])
+    fp = (h > 0).astype(dt) if nl == "relu" else (1 - h * h)
+    hr = h[-1] if output == "last" else h
+    y = (mm(hr.reshape(-1, hr.shape[-1]), W_yh.T) + b_y).reshape(hr.shape[:-1] + (-1,))
+    L, dy = _loss_fn(y, case["target"], loss)
+    dy = dy.astype(dt)
+    dh_out = mm(dy.reshape(-1, dy.shape[-1]), W_yh).reshape(hr.shape)
+    dz = np.zeros_like(h)
+    carry = np.zeros_like(h0)
+    for t in range(T - 1, -1, -1):
+        dh = carry + (dh_out[t] if output == "all" else (dh_out if t == T - 1 else 0))
+        dz[t] = dh * fp[t]
+        carry = mm(dz[t], W_hh)
+    dyf, dzf = dy.reshape(-1, dy.shape[-1]), dz.reshape(T * B, -1)
+    out = {"h": h, "y": y, "loss": np.asarray(dt.type(L)),
+           "grad_W_hx": mm(dzf.T, x.reshape(T * B, -1)),
+           "grad_W_hh": mm(dzf.T, h_prev.reshape(T * B, -1)),
+           "grad_b_h": dzf.sum(axis=0),
+           "grad_W_yh": mm(dyf.T, hr.reshape(-1, hr.shape[-1])),
+           "grad_b_y": dyf.sum(axis=0),
+           "grad_x": mm(dzf, W_hx).reshape(x.shape), "grad_h0": carry}
+    out = {k: np.asarray(v, dt) for k, v in out.items()}
+    return out, {"dy": dy, "dz": dz, "fp": fp, "h_prev": h_prev, "hr": hr}
+
+
+def error_scales(case: dict) -> dict:
+    """For each output, the magnitude its rounding errors scale with: the same products
+    and sums one level deep with every operand replaced by its absolute value (computed in
+    float64 from the case's inputs and expected intermediates). It exceeds |value| where
+    a sum cancels (e.g. grad_b_y of xent, a sum of p - onehot over rows), so a correct
+    backend is not failed for cancellation, and it is 0 only where every term is 0."""
+    c = {k: (np.asarray(case[k], np.float64) if np.asarray(case[k]).dtype.kind == "f"
+             else case[k]) for k in FIXTURE_INPUT_KEYS}
+    out, mid = _loop(c)
+    a = {k: np.abs(c[k]) for k in ("x", "h0", "W_hx", "W_hh", "b_h", "W_yh", "b_y")}
+    T, B, _ = c["x"].shape
+    h_prev, hr, fp = np.abs(mid["h_prev"]), np.abs(mid["hr"]), np.abs(mid["fp"])
+    loss, output = str(c["loss_kind"]), str(c["output"])
+    if loss == "mse":
+        dy = 2 * (np.abs(out["y"]) + np.abs(c["target"])) / out["y"].size
+    else:
+        dy = np.abs(mid["dy"]) + 2.0 / out["y"][..., 0].size * (
+            np.arange(out["y"].shape[-1]) == np.asarray(c["target"])[..., None])
+    dyf = dy.reshape(-1, dy.shape[-1])
+    z = a["x"] @ a["W_hx"].T + h_prev @ a["W_hh"].T + a["b_h"]
+    dh_out = (dyf @ a["W_yh"]).reshape(hr.shape)
+    later = np.concatenate([np.abs(mid["dz"][1:]) @ a["W_hh"],
+                            np.zeros((1, B, a["W_hh"].shape[0]))])
+    if output == "all":
+        later = later + dh_out
+    else:
+        later[-1] += dh_out
+    dz = (later * fp).reshape(T * B, -1)
+    return {"h": z * fp, "y": (hr.reshape(-1, hr.shape[-1]) @ a["W_yh"].T + a["b_y"]
+                               ).reshape(out["y"].shape),
+            "loss": np.abs(out["loss"]),
+            "grad_W_hx": dz.T @ a["x"].reshape(T * B, -1),
+            "grad_W_hh": dz.T @ h_prev.reshape(T * B, -1),
+            "grad_b_h": dz.sum(axis=0),
+            "grad_W_yh": dyf.T @ hr.reshape(-1, hr.shape[-1]),
+            "grad_b_y": dyf.sum(axis=0),
+            "grad_x": (dz @ a["W_hx"]).reshape(c["x"].shape),
+            "grad_h0": dz.reshape(T, B, -1)[0] @ a["W_hh"]}
+
+
+def gpu_emulation_outputs(case: dict, bits: int = 10) -> dict:
+    """A float32 case computed as a GPU does with TF32 matrix products (bits=10): every
+    operand of every matrix product (the input and recurrent products of each step, the
+    read-out, every product of BPTT and the weight gradients) rounded to ``bits``
+    mantissa bits, products accumulated in float32, elementwise work in float32. A
+    backend function (the fixture_outputs contract), used to derive and test the "tf32"
+    tier."""
+    if not isinstance(case, dict) or any(k not in case for k in FIXTURE_INPUT_KEYS):
+        raise TypeError("case must be a dict with FIXTURE_INPUT_KEYS")
+    if np.asarray(case["x"]).dtype != np.float32:
+        raise TypeError(f"gpu_emulation_outputs takes float32 cases, got "
+                        f"{_dtype_text(np.asarray(case['x']).dtype)}")
+    bits = _check_size("bits", bits, minimum=0)
+    return _loop(case, lambda a: round_mantissa(np.ascontiguousarray(a), bits))[0]
+
+
+# --- Running a backend in its own process ------------------------------------------------
+#
+# The backend runs in a child Python process, started on the first case and reused for
+# the next. Messages are a JSON header and an uncompressed .npz payload (read back with
+# allow_pickle=False); the child ignores Ctrl-C (the parent stops the run) and answers
+# every call, whatever the function does short of ending or hanging the process, which
+# the parent sees (EOF, timeout), fails the case for, and then starts a fresh child.
+
+def _pack(header: dict, arrays: dict | None = None) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **(arrays or {}))
+    head = json.dumps(header).encode()
+    return len(head).to_bytes(8, "little") + head + buf.getvalue()
+
+
+def _unpack(data: bytes):
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + n].decode())
+    with np.load(io.BytesIO(data[8 + n:]), allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    return header, arrays
+
+
+def load_backend(spec: str):
+    """The function named by 'MODULE:FUNCTION'. MODULE is a module importable from the
+    current directory (dotted names work) or a path to a .py file; FUNCTION may be a
+    dotted attribute path. Import failures, SystemExit at import included, raise
+    ImportError."""
+    if not isinstance(spec, str) or ":" not in spec or not spec.rpartition(":")[2] \
+            or not spec.rpartition(":")[0]:
+        raise ValueError(f"against must look like MODULE:FUNCTION (e.g. my_backend:run "
+                         f"or path/to/my_backend.py:run), got {_short(spec)}")
+    mod_name, _, fn_name = spec.rpartition(":")
+    try:
+        if mod_name.endswith(".py") or os.sep in mod_name:
+            if not os.path.isfile(mod_name):
+                raise FileNotFoundError(f"no such file {mod_name}")
+            name = "_backend_" + os.path.splitext(os.path.basename(mod_name))[0]
+            ispec = importlib.util.spec_from_file_location(name, mod_name)
+            module = importlib.util.module_from_spec(ispec)
+            sys.modules[name] = module            # as import does (dataclasses need it)
+            try:
+                ispec.loader.exec_module(module)
+            except BaseException:
+                sys.modules.pop(name, None)
+                raise
+        else:
+            if os.getcwd() not in sys.path:
+                sys.path.insert(0, os.getcwd())
+            module = importlib.import_module(mod_name)
+    except (Exception, SystemExit) as e:  # noqa: BLE001  (even a module calling sys.exit)
+        raise ImportError(f"cannot import {mod_name!r} for {spec}: "
+                          f"{type(e).__name__}: {e}") from e
+    fn = module
+    for part in fn_name.split("."):
+        fn = getattr(fn, part, None)
+    if not callable(fn):
+        raise ImportError(f"module {mod_name!r} has no function {fn_name!r}")
+    return fn
+
+
+def _target_text(against) -> str:
+    """'MODULE:FUNCTION' for a spec string or a module-level function."""
+    if isinstance(against, str):
+        load_spec_ok = ":" in against and all(against.rpartition(":")[::2])
+        if not load_spec_ok:
+            raise ValueError(f"against must look like MODULE:FUNCTION (e.g. my_backend:run "
+                             f"or path/to/my_backend.py:run), got {_short(against)}")
+        return against
+    mod, qual = getattr(against, "__module__", None), getattr(against, "__qualname__", "")
+    if not callable(against) or mod is None or "<" in qual:
+        raise TypeError("against must be 'MODULE:FUNCTION' or a function defined at the top "
+                        f"level of an importable module (it runs in a separate process), "
+                        f"got {_short(against)}")
+    if mod == "__main__":
+        path = getattr(sys.modules["__main__"], "__file__", None)
+        if not path:
+            raise TypeError("against is defined in an interactive session; put it in a "
+                            "file and pass 'path/to/file.py:FUNCTION'")
+        return f"{os.path.abspath(path)}:{qual}"
+    return f"{mod}:{qual}"
+
+
+def _backend_worker(fd: int) -> None:
+    """The child's loop (see _Backend): load the function, then answer each case."""
+    import signal
+    from multiprocessing.connection import Connection
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    conn = Connection(fd)
+    header, _ = _unpack(conn.recv_bytes())
+    sys.path[:] = header["sys_path"]
+    try:
+        fn = load_backend(header["target"])
+    except BaseException as e:  # noqa: BLE001  (reported to the parent)
+        conn.send_bytes(_pack({"status": "import", "message": str(e)}))
+        return
+    conn.send_bytes(_pack({"status": "ready"}))
+    while True:
+        try:
+            _, case = _unpack(conn.recv_bytes())
+        except EOFError:
+            return
+        try:
+            result = fn(case)
+        except BaseException as e:  # noqa: BLE001  (SystemExit too: a failed case)
+            tb = traceback.extract_tb(e.__traceback__)[-1]
+            conn.send_bytes(_pack({"status": "raised", "message":
+                                   f"the function raised {type(e).__name__}: {e} (at "
+                                   f"{os.path.basename(tb.filename)}:{tb.lineno})"}))
+            continue
+        conn.send_bytes(_encode_result(result))
+
+
+def _encode_result(result) -> bytes:
+    """A result as a message: its plain numeric arrays, and a problem text for others."""
+    if not isinstance(result, dict):
+        return _pack({"status": "result", "problem": "the function must return a dict with "
+                      f"keys {', '.join(FIXTURE_OUTPUT_KEYS)}, got {type(result).__name__}"})
+    arrays, problems, kinds = {}, {}, {}
+    for k, v in result.items():
+        key = str(k)
+        p = _numeric_problem(v)
+        if p is None and not isinstance(v, (np.ndarray, np.generic)):
+            p = f"expected a numpy.ndarray, got a Python {type(v).__name__}"
+        if p is None and not key.isidentifier():
+            p = "not an output key"
+        if p is None:
+            arrays[key], kinds[key] = np.asarray(v), type(v).__name__
+        else:
+            problems[key] = p
+    return _pack({"status": "result", "problems": problems, "kinds": kinds}, arrays)
+
+
+class _Backend:
+    """The parent's handle on the child process running one backend function."""
+
+    def __init__(self, target: str, timeout: float):
+        self.target, self.timeout = target, timeout
+        self.proc = self.conn = None
+        self.import_problem = None
+
+    def _start(self):
+        from multiprocessing.connection import Connection
+        parent, child = socket.socketpair()
+        here = os.path.dirname(os.path.abspath(__file__))
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join([here] + [p for p in env.get(
+            "PYTHONPATH", "").split(os.pathsep) if p])
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", "import sys, nprnn_ref; "
+             "nprnn_ref._backend_worker(int(sys.argv[1]))", str(child.fileno())],
+            pass_fds=[child.fileno()], env=env, stdin=subprocess.DEVNULL)
+        child.close()
+        self.conn = Connection(parent.detach())
+        self.conn.send_bytes(_pack({"target": self.target,
+                                    "sys_path": [os.getcwd()] + sys.path}))
+
+    def _receive(self, deadline):
+        left = deadline - time.monotonic()
+        if left <= 0 or not self.conn.poll(left):
+            self.close()
+            raise TimeoutError(f"no answer within the timeout of {self.timeout:g} s "
+                               "(the backend's process was stopped)")
+        try:
+            return _unpack(self.conn.recv_bytes())
+        except (EOFError, OSError):
+            code = self.proc.wait(timeout=10)
+            self.close()
+            raise ChildProcessError(f"the backend's process ended (exit code {code}) "
+                                    "without answering: os._exit, a crash or an abort "
+                                    "in the function") from None
+
+    def call(self, case: dict):
+        """(header, arrays) of the function's answer to case; raises TimeoutError,
+        ChildProcessError or ImportError (the module cannot be imported)."""
+        if self.import_problem:
+            raise ImportError(self.import_problem)
+        deadline = time.monotonic() + self.timeout
+        if self.proc is None:
+            self._start()
+            try:
+                header, _ = self._receive(deadline)
+            except ChildProcessError as e:
+                self.import_problem = f"importing {self.target} ended the process: {e}"
+                raise ImportError(self.import_problem) from None
+            if header["status"] == "import":
+                self.close()
+                self.import_problem = header["message"]
+                raise ImportError(self.import_problem)
+        self.conn.send_bytes(_pack({}, {k: np.asarray(case[k]) for k in
+                                        FIXTURE_INPUT_KEYS}))
+        return self._receive(deadline)
+
+    def close(self):
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+# --- Reports -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CaseResult:
+    """One case of a verification run. status: "pass", "fail" (some tensor outside the
+    tolerance or of the wrong type, dtype or shape), "error" (the function raised, timed
+    out, ended its process or could not be imported; or the fixture file is not what the
+    reference computes)."""
+    name: str
+    dtype: str
+    tier: str
+    status: str
+    problem: str = ""
+    tensors: tuple = ()
+    seconds: float = 0.0
+    spec: CaseSpec | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "pass"
+
+    def table(self) -> str:
+        rows = [("tensor", "status", "shape", "max |a-e|", "at", "scale", "err/scale",
+                 "err/tol", "bad")]
+        for t in self.tensors:
+            num = (lambda v: "" if v is None else f"{v:.3g}")
+            rows.append((t.name, t.status if t.ok else t.status.upper(),
+                         "" if t.shape is None else str(t.shape), num(t.max_abs),
+                         "" if t.index is None or not t.max_abs else
+                         "(" + ",".join(map(str, t.index)) + ")",
+                         num(t.scale), num(t.rel), num(t.ratio),
+                         str(t.n_bad) if t.status == "fail" else ""))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+        lines = ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+        lines += [f"  {t.name}: {t.detail}" for t in self.tensors if t.detail]
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """A likely cause read from the pattern of failures, with its evidence."""
+    cause: str
+    evidence: str
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """The verdict of verify_fixtures or verify_differential. ``ok`` only when every case
+    of the selected dtypes was run and passed and nothing else went wrong."""
+    kind: str                        # "fixtures" or "differential"
+    against: str
+    dtypes: tuple
+    tiers: dict                      # dtype -> Tier
+    cases: tuple
+    problems: tuple = ()             # what went wrong outside any case
+    seconds: float = 0.0
+    examples: int = 0                # differential: examples drawn
+    reproducer: str = ""             # differential: code that replays the smallest failure
+    version: str = __version__
+    interrupted: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return (bool(self.cases) and not self.problems and not self.interrupted
+                and all(c.ok for c in self.cases))
+
+    @property
+    def diagnoses(self) -> tuple:
+        return diagnose(self.cases)
+
+    def summary(self) -> str:
+        n_ok = sum(c.ok for c in self.cases)
+        per = ", ".join(f"{d}: {sum(c.ok for c in self.cases if c.dtype == d)}/"
+                        f"{sum(c.dtype == d for c in self.cases)} ({self.tiers[d].name} "
+                        f"tier)" for d in self.dtypes)
+        if self.kind == "differential":
+            what = (f"{n_ok}/{len(self.cases)} drawn cases passed ({self.examples} backend "
+                    "calls" + (", shrinking included" if n_ok < len(self.cases) else "")
+                    + ")")
+        else:
+            what = f"{n_ok}/{len(self.cases)} fixture cases passed"
+        head = "PASS" if self.ok else "FAIL"
+        return (f"{head}: {what} against {self.against} [{per}] in {self.seconds:.1f} s "
+                f"(nprnn-ref {self.version})")
+
+    def text(self) -> str:
+        """The summary on success; every failing case's table, the problems and the
+        diagnoses on failure."""
+        if self.ok:
+            return self.summary()
+        lines = []
+        for c in self.cases:
+            if not c.ok:
+                lines.append(f"== {c.name} ({c.dtype}, {c.tier} tier): {c.status.upper()}"
+                             + (f": {c.problem}" if c.problem else ""))
+                if c.tensors:
+                    lines += ["   " + s for s in c.table().splitlines()]
+        lines += [f"PROBLEM: {p}" for p in self.problems]
+        if self.interrupted:
+            lines.append("INTERRUPTED: the run was stopped before every case was checked")
+        if self.reproducer:
+            lines += ["", "smallest failing case (shrunk by hypothesis), to replay:",
+                      self.reproducer]
+        diags = self.diagnoses
+        if diags:
+            lines += ["", "likely causes:"]
+            lines += [f"- {d.cause}\n    evidence: {d.evidence}" for d in diags]
+        lines.append(self.summary())
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        def tensor(t):
+            return {k: (list(v) if isinstance(v, tuple) else v)
+                    for k, v in dataclasses_asdict(t).items()}
+        return {
+            "format": "nprnn-ref verification report", "version": self.version,
+            "kind": self.kind, "against": self.against, "ok": self.ok,
+            "dtypes": list(self.dtypes),
+            "tiers": {d: dataclasses_asdict(t) for d, t in self.tiers.items()},
+            "seconds": self.seconds, "examples": self.examples,
+            "interrupted": self.interrupted, "problems": list(self.problems),
+            "reproducer": self.reproducer,
+            "diagnoses": [dataclasses_asdict(d) for d in self.diagnoses],
+            "cases": [{"name": c.name, "dtype": c.dtype, "tier": c.tier,
+                       "status": c.status, "problem": c.problem, "seconds": c.seconds,
+                       "spec": None if c.spec is None else dataclasses_asdict(c.spec),
+                       "tensors": [tensor(t) for t in c.tensors]} for c in self.cases],
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, allow_nan=False,
+                          default=lambda v: None) + "\n"
+
+    def to_junit(self) -> str:
+        """JUnit XML: one testsuite, one testcase per case, problems as an extra case."""
+        from xml.sax.saxutils import escape, quoteattr
+        cases = list(self.cases)
+        n_fail = sum(not c.ok for c in cases) + bool(self.problems or self.interrupted)
+        out = ['<?xml version="1.0" encoding="UTF-8"?>',
+               f'<testsuite name={quoteattr("nprnn-ref " + self.kind)} '
+               f'tests="{len(cases) + bool(self.problems or self.interrupted)}" '
+               f'failures="{n_fail}" errors="0" time="{self.seconds:.3f}">']
+        for c in cases:
+            out.append(f'  <testcase classname={quoteattr(f"nprnn_ref.{self.kind}.{c.dtype}")}'
+                       f' name={quoteattr(c.name)} time="{c.seconds:.3f}">')
+            if not c.ok:
+                body = (c.problem + "\n" if c.problem else "") + c.table()
+                out.append(f'    <failure message={quoteattr(c.problem or c.status)}>'
+                           f'{escape(body)}</failure>')
+            out.append("  </testcase>")
+        if self.problems or self.interrupted:
+            msg = "; ".join(self.problems) or "interrupted"
+            out.append(f'  <testcase classname="nprnn_ref.{self.kind}" name="run">'
+                       f'<failure message={quoteattr(msg)}>{escape(msg)}</failure>'
+                       '</testcase>')
+        out.append("</testsuite>")
+        return "\n".join(out) + "\n"
+
+
+def _run_case(backend: _Backend, case: dict, name: str, tier: Tier, spec=None) -> CaseResult:
+    """Call the backend on one case and check the answer; every way it can go wrong
+    fails the case (KeyboardInterrupt propagates)."""
+    t0 = time.perf_counter()
+    dtype = np.asarray(case["h"]).dtype.name
+
+    def res(status, problem="", tensors=()):
+        return CaseResult(name, dtype, tier.name, status, problem, tuple(tensors),
+                          time.perf_counter() - t0, spec)
+    try:
+        header, arrays = backend.call(case)
+    except (TimeoutError, ChildProcessError, ImportError) as e:
+        return res("error", str(e))
+    if header.get("status") == "raised":
+        return res("error", header["message"])
+    if header.get("problem"):
+        return res("fail", header["problem"])
+    actual = dict(arrays)
+    for k, p in header.get("problems", {}).items():
+        actual[k] = _Unusable(p)
+    tensors = check_case(case, actual, tier)
+    return res("pass" if all(t.ok for t in tensors) else "fail", "", tensors)
+
+
+# --- Golden fixture directories ----------------------------------------------------------
+
+def _write_npz(path, arrays: dict) -> None:
+    """np.savez_compressed's layout (one .npy member per key) with fixed member dates, so
+    that the same arrays give the same bytes, hence a stable sha256."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for k, a in arrays.items():
+            info = zipfile.ZipInfo(k + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            with zf.open(info, "w") as f:
+                np.lib.format.write_array(f, np.asarray(a), allow_pickle=False)
+
+
+def _sha256(path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _fixture_conventions() -> dict:
+    """What a backend must agree on to be compared with the fixtures."""
+    return {
+        "layout": "time-major: x and grad_x (T, B, D); h (T, B, H); h0 and grad_h0 (B, H)",
+        "model": "h_t = f(W_hx x_t + W_hh h_{t-1} + b_h), y = W_yh h_t + b_y; h holds "
+                 "h_1..h_T; output 'last' reads h_T only (y (B, O)), 'all' every step "
+                 "(y (T, B, O)); ReLU'(0) = 0 (the mask is z > 0)",
+        "parameters": "W_hx (H, D), W_hh (H, H), b_h (H,), W_yh (O, H), b_y (O,); "
+                      "torch.nn.RNN: weight_ih_l0 = W_hx, weight_hh_l0 = W_hh, "
+                      "bias_ih_l0 + bias_hh_l0 = b_h; Linear read-out weight = W_yh, "
+                      "bias = b_y",
+        "loss": "mse: mean over all elements of (y - target)^2 (torch.nn.MSELoss()); "
+                "xent: mean over all (step, sequence) rows of the softmax cross-entropy "
+                "of logits y with integer labels (torch.nn.CrossEntropyLoss())",
+        "gradients": "grad_K = dloss/dK for every parameter, x and h0; grad_b_h equals "
+                     "the gradient of either torch bias",
+        "dtypes": "every output has the case's dtype; float32 expected values are "
+                  "computed in float64 from the float32 inputs and rounded once, values "
+                  "below FLOAT32_FLUSH flushed to zero",
+        "keys": list(FIXTURE_KEYS),
+    }
+
+
+def export_fixtures(directory, *, force: bool = False, base_seed: int = FIXTURE_BASE_SEED,
+                    cases=FIXTURE_CASES) -> dict:
+    """Write one .npz per case (named CaseSpec.name) and manifest.json into
+    ``directory``; return the manifest. Refuses (FileExistsError) a directory that is not
+    empty unless ``force``; with force, files of the same names are replaced, others left.
+    Everything is computed before anything is written."""
+    directory = os.fspath(directory)
+    if os.path.exists(directory) and not os.path.isdir(directory):
+        raise NotADirectoryError(f"DIR must be a directory, {directory} is a file")
+    if os.path.isdir(directory) and [f for f in os.listdir(directory)
+                                     if not f.startswith(".")] and not force:
+        raise FileExistsError(f"{directory} is not empty; choose an empty or new directory, "
+                              "or pass --force to overwrite the fixture files in it")
+    for what in ("name", "seed"):
+        vals = [getattr(_check_case_spec(s), what) for s in cases]
+        if len(set(vals)) != len(vals):
+            raise ValueError(f"cases must have distinct {what}s, got {vals}")
+    built = [(s,) + make_case(s, base_seed) for s in cases]         # all or nothing
+    os.makedirs(directory, exist_ok=True)
+    entries = []
+    for spec, case, info in built:
+        fname = spec.name + ".npz"
+        path = os.path.join(directory, fname)
+        _write_npz(path, {k: case[k] for k in FIXTURE_KEYS})
+        entries.append({"name": spec.name, "file": fname, "sha256": _sha256(path),
+                        "spec": dataclasses_asdict(spec), **info})
+    manifest = {
+        "format": "nprnn-ref golden fixtures", "format_version": FIXTURE_FORMAT_VERSION,
+        "nprnn_ref_version": __version__, "numpy_version": np.__version__,
+        "base_seed": base_seed,
+        "seeding": "case rng = numpy.random.default_rng([base_seed, spec seed]); see "
+                   "nprnn_ref.make_case",
+        "conventions": _fixture_conventions(),
+        "tiers": {k: dataclasses_asdict(t) for k, t in TIERS.items()},
+        "note": "verify-fixtures takes the case list and the tolerances from nprnn_ref, "
+                "not from this file; it reads base_seed only, and confirms that every "
+                "file is what the reference computes",
+        "cases": entries,
+    }
+    with open(os.path.join(directory, "manifest.json"), "w") as f:
+        json.dump(manifest, f, indent=1)
+        f.write("\n")
+    return manifest
+
+
+REEXPORT = "python tasks.py export-fixtures DIR --force (or: nprnn-ref export-fixtures " \
+    "DIR --force)"
+
+
+def read_manifest(directory) -> dict:
+    """DIR/manifest.json, checked for its format version and base seed (the only two
+    entries the verifier reads). A directory of an earlier format is refused with the
+    command that re-exports it."""
+    path = os.path.join(os.fspath(directory), "manifest.json")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist: DIR must be a directory written "
+                                "by export-fixtures")
+    try:
+        with open(path) as f:
+            m = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from None
+    v = m.get("format_version") if isinstance(m, dict) else None
+    if v == 1:
+        raise ValueError(f"{directory} holds fixtures of format version 1, whose ReLU "
+                         "pre-activations all stay away from 0, so they cannot check "
+                         "ReLU'(0), and whose tolerances miss bugs at small scales; "
+                         f"re-export it: {REEXPORT.replace('DIR', os.fspath(directory))}")
+    if v != FIXTURE_FORMAT_VERSION:
+        raise ValueError(f"{path} has format_version {v!r}, this reader understands "
+                         f"{FIXTURE_FORMAT_VERSION}")
+    seed = m.get("base_seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"{path}: base_seed must be an integer >= 0, got {seed!r}")
+    return m
+
+
+def _fixture_file_problem(directory, spec: CaseSpec, base_seed: int):
+    """(case, "") for a fixture file that is what the reference computes, else (None,
+    why)."""
+    root = os.path.realpath(directory)
+    path = os.path.join(directory, spec.name + ".npz")
+    if os.path.commonpath([root, os.path.realpath(path)]) != root:
+        return None, f"{path} leads outside DIR ({os.path.realpath(path)})"
+    try:
+        case = load_fixture(path)
+    except (OSError, ValueError) as e:
+        return None, f"cannot use the fixture: {e}"
+    ref, _ = make_case(spec, base_seed)
+    tier = TIERS[spec.dtype]
+    mags = error_scales(ref)
+    for k in FIXTURE_KEYS:
+        e, a = ref[k], case[k]
+        if e.dtype.kind in "iUu" or k == "format_version":
+            same = e.dtype == a.dtype and e.shape == a.shape and np.array_equal(e, a)
+        else:
+            same = _check_tensor(k, e, a, tier, _time_indexed(k, spec.output),
+                                 mags.get(k, np.abs(e))).ok
+        if not same:
+            return None, (f"{path} is not what the reference computes for this case: {k} "
+                          "differs (the file was edited or damaged after the export, or "
+                          "written with another base seed)")
+    return case, ""
+
+
+def _selected(dtypes) -> tuple:
+    if dtypes is None:
+        return ("float64", "float32")
+    if isinstance(dtypes, str):
+        dtypes = tuple(d for d in dtypes.split(",") if d)
+    dtypes = tuple(dtypes)
+    for d in dtypes:
+        _check_choice("dtypes", d, ("float64", "float32"))
+    if not dtypes or len(set(dtypes)) != len(dtypes):
+        raise ValueError(f"dtypes must name float64 and/or float32 once each, got {dtypes}")
+    return tuple(d for d in ("float64", "float32") if d in dtypes)
+
+
+def _tiers_for(dtypes, tier, rtol, floor) -> dict:
+    """dtype -> Tier: float64 cases always in the float64 tier; float32 cases in
+    ``tier`` (float32 or tf32); rtol and floor may only tighten."""
+    t32 = _tier(tier)
+    if t32.dtype != "float32":
+        raise ValueError(f"tier names the tier of the float32 cases, one of "
+                         f"{', '.join(DTYPE_TIERS['float32'])}, got {tier!r}")
+    out = {}
+    for d in dtypes:
+        t = TIERS["float64"] if d == "float64" else t32
+        t = _tighter(t, rtol)
+        if floor is not None:
+            floor = _check_real("floor", floor, "a finite number >= 0")
+            if not 0 <= floor <= t.floor:
+                raise ValueError(f"floor may only tighten the {t.name} tier's {t.floor:g}, "
+                                 f"got {floor:g}")
+            t = dataclasses_replace(t, floor=floor)
+        out[d] = t
+    return out
+
+
+def verify_fixtures(directory, against, *, dtypes=None, tier="float32", rtol=None,
+                    floor=None, timeout: float = VERIFY_TIMEOUT) -> VerifyReport:
+    """Check a backend function on every case of a fixture directory.
+
+    against: 'MODULE:FUNCTION' (a module importable from the current directory, or
+    path/to/file.py:FUNCTION) or a function defined at the top level of an importable
+    module. It runs in a separate process; each case has ``timeout`` seconds (the first
+    includes starting the process and importing the module). dtypes selects the cases
+    (default both); float32 cases use ``tier`` ("float32", or "tf32" for GPU
+    arithmetic); rtol and floor may only tighten a tier. The case list and the
+    tolerances are this module's; DIR's files must be what the reference computes (each
+    is recomputed and compared within the tier). Returns a VerifyReport; ``report.ok``
+    only when every selected case ran and passed. Usage problems (no manifest, an old
+    format, a bad against) raise before any case runs.
+    """
+    t0 = time.perf_counter()
+    directory = os.fspath(directory)
+    target = _target_text(against)
+    dtypes = _selected(dtypes)
+    tiers = _tiers_for(dtypes, tier, rtol, floor)
+    timeout = _check_timeout(timeout)
+    base_seed = read_manifest(directory)["base_seed"]
+    known = {s.name + ".npz" for s in FIXTURE_CASES} | {"manifest.json"}
+    stray = sorted(f for f in os.listdir(directory) if f not in known
+                   and not f.startswith("."))
+    problems = [f"DIR holds files the reference does not write: {', '.join(stray)}"] \
+        if stray else []
+    cases, backend, interrupted = [], _Backend(target, timeout), False
+    try:
+        for spec in FIXTURE_CASES:
+            case, why = _fixture_file_problem(directory, spec, base_seed)
+            if spec.dtype not in dtypes:
+                if why:
+                    problems.append(f"{spec.name}: {why}")
+                continue
+            if why:
+                cases.append(CaseResult(spec.name, spec.dtype, tiers[spec.dtype].name,
+                                        "error", why, spec=spec))
+                continue
+            cases.append(_run_case(backend, case, spec.name, tiers[spec.dtype], spec))
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        backend.close()
+    return VerifyReport("fixtures", target, dtypes, tiers, tuple(cases), tuple(problems),
+                        time.perf_counter() - t0, interrupted=interrupted)
+
+
+def _check_timeout(timeout) -> float:
+    t = _check_real("timeout", timeout, "a finite number of seconds > 0")
+    if t <= 0:
+        raise ValueError(f"timeout must be > 0 seconds, got {t:g}")
+    return t
+
+
+# --- Property-based differential testing ---------------------------------------------
+
+DIFFERENTIAL_BOUNDS = {"T": 20, "B": 3, "D": 4, "H": 6, "O": 4}
+# Few distinct shapes for backends that compile once per shape (JAX): --buckets.
+SHAPE_BUCKETS = {"T": (1, 5, 12), "B": (1, 3), "D": (1, 3), "H": (1, 4), "O": (2, 3)}
+DIFFERENTIAL_EXAMPLES = 100
+_SCALE_EXPONENTS = (0, -3, 3, -6, -8, 4)     # shrink towards 1; relu mse cases
+_SMALL_SCALE_EXPONENTS = (0, -3, -6, -8)      # xent and tanh: no saturation
+
+
+def case_specs(dtypes=("float64", "float32"), *, buckets: bool = False, bounds=None):
+    """A hypothesis strategy of CaseSpecs: every scheme x loss x output, the dtypes given,
+    T, B, D, H, O from 1 to ``bounds`` (default DIFFERENTIAL_BOUNDS; from SHAPE_BUCKETS
+    with buckets=True), scales 1e-8 to 1e4 and w_scale 0.1 to 10 (relu mse; up to 1 for
+    xent, whose softmax saturates, and tanh, which saturates), with and without exact zeros, h0 and a non-symmetric W_hh. Shrinks towards T = B =
+    D = H = O = 1, scale 1 and the default flags."""
+    from hypothesis import strategies as st
+    dtypes = _selected(dtypes)
+    bounds = dict(DIFFERENTIAL_BOUNDS, **(bounds or {}))
+
+    @st.composite
+    def spec(draw):
+        def size(k):
+            if buckets:
+                return draw(st.sampled_from(SHAPE_BUCKETS[k]))
+            return draw(st.integers(1, bounds[k]))
+        T, B, D, H, O = (size(k) for k in ("T", "B", "D", "H", "O"))
+        scheme = draw(st.sampled_from(tuple(SCHEMES)))
+        loss = draw(st.sampled_from(LOSSES))
+        output = draw(st.sampled_from(OUTPUTS))
+        dtype = draw(st.sampled_from(dtypes))
+        small = loss == "xent" or SCHEMES[scheme].nonlinearity == "tanh"
+        s = draw(st.sampled_from(_SMALL_SCALE_EXPONENTS if small else _SCALE_EXPONENTS))
+        w = draw(st.sampled_from((0, -1) if small else (0, -1, 1)))
+        return CaseSpec(draw(st.integers(0, 2 ** 32 - 1)), scheme, loss, output, T, B, D,
+                        H, max(O, 2) if loss == "xent" else O, dtype, scale=10.0 ** s,
+                        w_scale=10.0 ** w, zeros=draw(st.booleans()),
+                        h0=not draw(st.booleans()), nonsym=draw(st.booleans()))
+    return spec()
+
+
+class _CaseFailed(Exception):
+    pass
+
+
+class _StopRun(BaseException):
+    """Raised through hypothesis (which shrinks on Exception only) when the backend
+    hung, ended its process or cannot be imported: shrinking would only repeat it."""
+
+
+def verify_differential(against, *, examples: int = DIFFERENTIAL_EXAMPLES, seed: int = 0,
+                        dtypes=None, tier="float32", rtol=None, floor=None,
+                        timeout: float = VERIFY_TIMEOUT, buckets: bool = False,
+                        bounds=None, save_failure=None) -> VerifyReport:
+    """Property-based differential testing: hypothesis draws ``examples`` CaseSpecs
+    (case_specs), each case is run by the backend (as in verify_fixtures) and checked with
+    the tier's scale-aware tolerances. On a failure hypothesis shrinks it to the smallest
+    failing case; the report lists the cases that passed before it, the smallest failure,
+    and a ready-to-run reproducer; save_failure (a new .npz path outside any fixture
+    directory) saves that case as a fixture file. Deterministic for a given seed (no
+    example database), so CI runs repeat.
+    """
+    from hypothesis import HealthCheck, Verbosity, assume, given, settings
+    from hypothesis import seed as hypothesis_seed
+    from hypothesis.errors import Flaky, Unsatisfiable
+    t0 = time.perf_counter()
+    target = _target_text(against)
+    dtypes = _selected(dtypes)
+    tiers = _tiers_for(dtypes, tier, rtol, floor)
+    timeout = _check_timeout(timeout)
+    examples = _check_size("examples", examples)
+    _check_size("seed", seed, minimum=0)
+    if save_failure is not None:
+        save_failure = _check_save_path(save_failure)
+    passed, failures, calls = [], [], [0]
+    backend = _Backend(target, timeout)
+
+    def prop(spec):
+        try:
+            case, _ = make_case(spec, 0, max_draws=20)
+        except RuntimeError:
+            assume(False)
+        calls[0] += 1
+        r = _run_case(backend, case, spec.name, tiers[spec.dtype], spec)
+        if not r.ok:
+            failures.append((spec, case, r))
+            if r.status == "error" and not r.problem.startswith("the function raised"):
+                raise _StopRun(r.name)
+            raise _CaseFailed(r.name)
+        if not failures:
+            passed.append(r)
+    test = settings(max_examples=examples, database=None, deadline=None, print_blob=False,
+                    derandomize=False, verbosity=Verbosity.quiet,
+                    suppress_health_check=list(HealthCheck))(
+        given(case_specs(dtypes, buckets=buckets, bounds=bounds))(prop))
+    test = hypothesis_seed(seed)(test)
+    problems, interrupted = [], False
+    try:
+        test()
+    except (_CaseFailed, _StopRun):
+        pass
+    except (Flaky, Unsatisfiable) as e:
+        problems.append(f"hypothesis: {type(e).__name__}: {e}")
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        backend.close()
+    cases, repro = list(passed), ""
+    if failures:
+        spec, case, r = failures[-1]                     # hypothesis replays the smallest
+        cases.append(r)
+        repro = _reproducer(spec, target, tiers[spec.dtype].name)
+        if r.status == "error" and not r.problem.startswith("the function raised"):
+            repro = "# not shrunk: the backend hung, ended its process or cannot be " \
+                "imported\n" + repro
+        if save_failure is not None:
+            _write_npz(save_failure, {k: case[k] for k in FIXTURE_KEYS})
+            repro += f"\n# the case is saved as {save_failure} (nprnn_ref.load_fixture)"
+    return VerifyReport("differential", target, dtypes, tiers, tuple(cases),
+                        tuple(problems), time.perf_counter() - t0, examples=calls[0],
+                        reproducer=repro, interrupted=interrupted)
+
+
+def _check_save_path(path) -> str:
+    path = os.fspath(path)
+    if not path.endswith(".npz"):
+        raise ValueError(f"save_failure must be a .npz path, got {path!r}")
+    if os.path.exists(path):
+        raise FileExistsError(f"save_failure: {path} exists; choose a new file")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"save_failure: folder {folder} does not exist")
+    if os.path.exists(os.path.join(folder, "manifest.json")):
+        raise ValueError(f"save_failure: {folder} is a fixture directory (it has a "
+                         "manifest.json); save the failing case elsewhere")
+    return path
+
+
+def _reproducer(spec: CaseSpec, target: str, tier: str) -> str:
+    return "\n".join([
+        "import nprnn_ref as nr",
+        f"spec = nr.{spec!r}",
+        "case, _ = nr.make_case(spec, 0)",
+        f"result = nr.load_backend({target!r})(case)",
+        f"for t in nr.check_case(case, result, {tier.split(' ')[0]!r}):",
+        "    print(t.name, t.status, t.ratio, t.detail)"])
+
+
+# --- Diagnoses: likely causes read from the pattern of failures -------------------------
+
+def _count_names(spec: CaseSpec) -> dict:
+    """The counts a sum-instead-of-mean would multiply by, for a spec."""
+    rows = spec.B if spec.output == "last" else spec.T * spec.B
+    out = {"rows (step, sequence)": rows, "sequences B": spec.B, "steps T": spec.T}
+    if spec.loss == "mse":
+        out["elements of y"] = rows * spec.O
+    return out
+
+
+def _few(names, n=3) -> str:
+    names = list(names)
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def diagnose(cases) -> tuple:
+    """Likely causes of the failures among ``cases`` (CaseResults), each with its
+    evidence; empty when every case passed. Heuristics: each names a pattern that common
+    mistakes leave, and the cases that show it."""
+    cases = tuple(cases)
+    bad = [c for c in cases if not c.ok]
+    good = [c for c in cases if c.ok]
+    if not bad:
+        return ()
+    out = []
+
+    def add(cause, evidence):
+        out.append(Diagnosis(cause, evidence))
+    errors = [c for c in bad if c.status == "error"]
+    for kind, cause in (("timeout", "the function hangs or is far too slow"),
+                        ("process ended", "the function ends its process (os._exit, a "
+                         "crash or an abort)"),
+                        ("SystemExit", "the function calls sys.exit"),
+                        ("cannot import", "the module cannot be imported")):
+        hit = [c for c in errors if kind in c.problem]
+        if hit:
+            add(cause, f"{len(hit)} case(s), e.g. {hit[0].name}: {hit[0].problem}")
+    tensors = [(c, t) for c in bad for t in c.tensors if not t.ok]
+    dtype_bad = [(c, t) for c, t in tensors if t.status == "dtype"]
+    if dtype_bad:
+        c, t = dtype_bad[0]
+        add("the backend returns another dtype than the case's (float32 computed in "
+            "float64 passes float32 cases without testing float32 arithmetic)",
+            f"{len(dtype_bad)} tensor(s), e.g. {c.name} {t.name}: {t.detail}")
+    type_bad = [(c, t) for c, t in tensors if t.status in ("type", "missing", "shape")]
+    if type_bad:
+        c, t = type_bad[0]
+        add("the result does not have the contract's keys, types or shapes",
+            f"{len(type_bad)} tensor(s), e.g. {c.name} {t.name}: {t.status}, {t.detail}")
+    numeric = [(c, t) for c, t in tensors if t.status == "fail"]
+    if not numeric:
+        return tuple(out)
+    zeros = [(c, t) for c, t in numeric if t.actual_zero]
+    if zeros:
+        names = sorted({t.name for _, t in zeros})
+        add(f"{_few(names)} returned as zeros (a gradient not computed, not "
+            "connected, or not copied back)",
+            f"relative error exactly 1, the actual tensor all zero, in "
+            f"{len({c.name for c, _ in zeros})} case(s), e.g. {zeros[0][0].name}")
+    scaled = [(c, t) for c, t in numeric if t.factor is not None and t.residual is not None
+              and t.residual < 1e-3 * max(1.0, abs(t.factor)) and abs(t.factor - 1) > 1e-3
+              and not t.actual_zero]
+    by_case = {}
+    for c, t in scaled:
+        by_case.setdefault(c.name, (c, []))[1].append(t)
+    by_case = {n: ct for n, ct in by_case.items() if any(t.shape for t in ct[1])}
+    for name, (c, ts) in list(by_case.items())[:1]:
+        k = ts[0].factor
+        if c.spec is not None and len(ts) > 1 and all(abs(t.factor / k - 1) < 1e-6
+                                                       for t in ts):
+            match = [n for n, v in _count_names(c.spec).items() if abs(k / v - 1) < 1e-6]
+            what = (f" = the number of {match[0]}: a sum where the mean was meant (the "
+                    "conventions: torch's default mean reductions)") if match else ""
+            add(f"the failing tensors are {k:.6g} times the reference{what}",
+                f"{c.name}: {', '.join(t.name for t in ts)} each equal {k:.6g} x the "
+                f"expected values (relative residual < 1e-3)")
+        elif len(ts) == 1 and abs(ts[0].factor - 2) < 1e-6 and ts[0].name == "grad_b_h":
+            add("grad_b_h is twice the reference: the gradients of torch's two biases "
+                "added (either one is grad_b_h)", f"{c.name}: grad_b_h = 2 x expected")
+    failed_specs = [c.spec for c in bad if c.spec is not None and c.status == "fail"]
+    passed_specs = [c.spec for c in good if c.spec is not None]
+
+    def only(pred, cause, what):
+        if failed_specs and all(pred(s) for s in failed_specs) and passed_specs and \
+                any(pred(s) for s in passed_specs) is False and len(failed_specs) >= 1:
+            add(cause, f"every failing case is {what} ({_few(c.name for c in bad)}) and "
+                f"every case that is not passes ({len(passed_specs)} passed)")
+    if failed_specs and passed_specs:
+        only(lambda s: not s.symmetric_w_hh,
+             "W_hh applied transposed (h W_hh instead of h W_hh^T, i.e. W_hh^T h_{t-1}): "
+             "only a non-symmetric W_hh reveals it", "a case with a non-symmetric W_hh")
+        only(lambda s: s.zeros and s.nonlinearity == "relu",
+             "ReLU'(0) is not 0: the convention is ReLU'(0) = 0 (mask z > 0, as "
+             "torch.relu); clamp(min=0) or where(z >= 0) give 1, jnp.maximum(z, 0) 1/2",
+             "a relu case with exact-zero pre-activations")
+        only(lambda s: s.T > 1, "back-propagation through time across steps is wrong "
+             "(the T = 1 cases, which need no BPTT, pass)", "a case with T > 1")
+        only(lambda s: s.scale * s.w_scale ** 2 < 1e-2,
+             "an absolute threshold or epsilon in the backend (only small-scale cases "
+             "fail)", "a small-scale case")
+        only(lambda s: s.scale * s.w_scale ** 2 > 1e2,
+             "clipping or saturation at large values (only large-scale cases fail)",
+             "a large-scale case")
+        only(lambda s: s.dtype == "float32",
+             "float32 arithmetic less precise than float32 (TF32 or bf16 matrix products? "
+             "torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32 "
+             "control them; on a GPU, check with the tf32 tier)", "a float32 case")
+        only(lambda s: not s.zeros, "b_h counted twice (torch's bias_ih_l0 and "
+             "bias_hh_l0 both set to b_h?): only the cases with b_h = 0 pass",
+             "a case with a non-zero b_h")
+    transposed = [(c, t) for c, t in numeric if t.transposed]
+    if transposed:
+        c, t = transposed[0]
+        add("W_hh applied transposed (W_hh^T h_{t-1} where W_hh h_{t-1} was meant): its "
+            "gradient comes out transposed",
+            f"{t.name} equals the expected values transposed in {len(transposed)} "
+            f"case(s), e.g. {c.name}")
+    early = [(c, t) for c, t in numeric if t.bad_steps and t.name == "grad_x"
+             and c.spec is not None and max(t.bad_steps) < c.spec.T - 1]
+    if early and len(early) == len([1 for c, t in numeric if t.name == "grad_x"]) and \
+            any(len(t.bad_steps) > 1 for _, t in early):
+        c, t = early[0]
+        add("gradients stop flowing back through time (truncated BPTT, or a detached "
+            "hidden state): grad_x fails at early steps only",
+            f"{c.name}: grad_x fails at steps {_few(map(str, t.bad_steps), 6)} of "
+            f"{c.spec.T}, the last steps pass")
+    fwd_ok = all(t.ok for c in bad for t in c.tensors if t.name in ("h", "y", "loss"))
+    if fwd_ok and all(c.tensors for c in bad if c.status == "fail"):
+        add("the forward pass agrees and the backward pass does not",
+            "h, y and loss pass in every failing case; only gradients fail")
+    return tuple(out)
+
+
+# --- Surveying a backend's margins ------------------------------------------------------
+
+def survey_backend(against, n_seeds: int, *, tier="float32", specs=FIXTURE_CASES,
+                   timeout: float = VERIFY_TIMEOUT, out=None) -> dict:
+    """Run the backend on fresh cases of every spec in both dtypes for base seeds 0 ..
+    n_seeds - 1 (nothing written) and print, per dtype, the worst err / tol under the
+    tiers (float32 cases under ``tier``): a backend has room when it is well below 1.
+    Returns {dtype: (worst_ratio, n_cases, n_failed)}. This is how TIERS were checked."""
+    out = sys.stdout if out is None else out
+    tiers = _tiers_for(("float64", "float32"), tier, None, None)
+    n_seeds = _check_size("n_seeds", n_seeds)
+    backend, stats = _Backend(_target_text(against), _check_timeout(timeout)), {}
+    try:
+        for dtype in ("float64", "float32"):
+            worst, n, n_bad = 0.0, 0, 0
+            for seed in range(n_seeds):
+                for spec in specs:
+                    s = dataclasses_replace(spec, dtype=dtype)
+                    case, _ = make_case(s, base_seed=seed)
+                    r = _run_case(backend, case, s.name, tiers[dtype], s)
+                    if r.status == "error" or any(t.ratio is None for t in r.tensors):
+                        raise ValueError(f"{s.name} with base seed {seed}: "
+                                         f"{r.problem or r.table()}")
+                    worst = max([worst] + [t.ratio for t in r.tensors])
+                    n, n_bad = n + 1, n_bad + (not r.ok)
+            stats[dtype] = (worst, n, n_bad)
+            print(f"{dtype}: {n} cases, worst err/tol {worst:.3g} under the "
+                  f"{tiers[dtype].name} tier (rtol {tiers[dtype].rtol:g}, floor "
+                  f"{tiers[dtype].floor:g}; margin "
+                  f"{1 / worst if worst else float('inf'):.3g}x), {n_bad} failed",
+                  file=out)
+    finally:
+        backend.close()
+    return stats
+
+
+# --- The command line: `nprnn-ref ...`; tasks.py adds the same commands --------------
+
+class UsageError(Exception):
+    """A command-line error: printed on one line, exit status 2."""
+
+
+def _report_outputs(args, report: VerifyReport) -> None:
+    for path, text in ((args.json, report.to_json), (args.junit, report.to_junit)):
+        if path:
+            with open(path, "w") as f:
+                f.write(text())
+
+
+def _verify_common(p) -> None:
+    p.add_argument("--against", required=True, metavar="MODULE:FUNCTION",
+                   help="the function to check: my_backend:run (importable from the "
+                   "current directory) or path/to/my_backend.py:run")
+    p.add_argument("--dtypes", default="float64,float32", metavar="LIST",
+                   help="the case dtypes to check: float64, float32 or both (default); a "
+                   "float32-only backend passes --dtypes float32")
+    p.add_argument("--tier", default="float32", choices=DTYPE_TIERS["float32"],
+                   help="the tolerance tier of the float32 cases: float32 (default) or "
+                   "tf32 (a GPU with TF32 matrix products); float64 cases always use the "
+                   "float64 tier")
+    p.add_argument("--rtol", type=float, default=None,
+                   help="a tighter rtol than the tier's (looser ones are refused)")
+    p.add_argument("--atol", type=float, default=None, dest="floor",
+                   help="a tighter absolute floor than the tier's (0 in float64)")
+    p.add_argument("--timeout", type=float, default=VERIFY_TIMEOUT, metavar="S",
+                   help=f"seconds per case, the first including the backend's start "
+                   f"(default {VERIFY_TIMEOUT:g}: enough to import torch or compile JAX)")
+    p.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    p.add_argument("--junit", metavar="FILE", help="also write the report as JUnit XML")
+
+
+def _run_verification(args, fn) -> int:
+    for path in (args.json, args.junit):
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise UsageError(f"cannot write {path}: its folder does not exist")
+    try:
+        report = fn()
+    except (ValueError, TypeError, FileNotFoundError, FileExistsError) as e:
+        raise UsageError(str(e)) from None
+    print(report.text())
+    _report_outputs(args, report)
+    if report.interrupted:
+        return 130
+    return 0 if report.ok else 1
+
+
+def _cmd_verify_fixtures(args) -> int:
+    return _run_verification(args, lambda: verify_fixtures(
+        args.dir, args.against, dtypes=args.dtypes, tier=args.tier, rtol=args.rtol,
+        floor=args.floor, timeout=args.timeout))
+
+
+def _cmd_verify(args) -> int:
+    return _run_verification(args, lambda: verify_differential(
+        args.against, examples=args.examples, seed=args.seed, dtypes=args.dtypes,
+        tier=args.tier, rtol=args.rtol, floor=args.floor, timeout=args.timeout,
+        buckets=args.buckets, save_failure=args.save_failure))
+
+
+def _cmd_export_fixtures(args) -> int:
+    try:
+        m = export_fixtures(args.dir, force=args.force, base_seed=args.seed)
+    except (FileExistsError, NotADirectoryError, ValueError, RuntimeError) as e:
+        raise UsageError(str(e)) from None
+    total = sum(os.path.getsize(os.path.join(args.dir, c["file"])) for c in m["cases"])
+    print(f"wrote {len(m['cases'])} cases ({total / 1024:.0f} KB) and manifest.json to "
+          f"{args.dir}")
+    return 0
+
+
+def _cmd_survey(args) -> int:
+    try:
+        stats = survey_backend(args.against, args.seeds, tier=args.tier,
+                               timeout=args.timeout)
+    except (TypeError, ImportError) as e:
+        raise UsageError(str(e)) from None
+    except ValueError as e:
+        print(f"survey-fixtures: FAIL: {e}", file=sys.stderr)
+        return 1
+    return 0 if all(w <= 1 for w, _, _ in stats.values()) else 1
+
+
+def add_verification_commands(sub, parents=()) -> None:
+    """Add export-fixtures, verify-fixtures, verify and survey-fixtures to an argparse
+    subparsers object; each parser's ``func(args)`` returns the exit status and raises
+    UsageError for a usage problem (exit 2)."""
+    parents = list(parents)
+    e = sub.add_parser("export-fixtures", parents=parents,
+                       help="write golden fixtures (an .npz per case and manifest.json)",
+                       description="Write one .npz per golden case and DIR/manifest.json: "
+                       "inputs, parameters, every hidden state, the read-out, the loss and "
+                       "every gradient, computed by this reference. Refuses a non-empty "
+                       "DIR unless --force.")
+    e.add_argument("dir", metavar="DIR")
+    e.add_argument("--force", action="store_true",
+                   help="overwrite the fixture files in a non-empty DIR")
+    e.add_argument("--seed", type=int, default=FIXTURE_BASE_SEED,
+                   help=f"base seed (default {FIXTURE_BASE_SEED})")
+    e.set_defaults(func=_cmd_export_fixtures)
+    v = sub.add_parser("verify-fixtures", parents=parents,
+                       help="check a backend's function on the golden fixtures",
+                       description="Run MODULE:FUNCTION (in its own process) on every case "
+                       "of DIR and check each result tensor by tensor with scale-aware "
+                       "tolerances. Exit status 0 only when every selected case ran and "
+                       "passed, 1 when one failed, 2 on a usage error, 130 when "
+                       "interrupted.")
+    v.add_argument("dir", metavar="DIR", help="a directory written by export-fixtures")
+    _verify_common(v)
+    v.set_defaults(func=_cmd_verify_fixtures)
+    d = sub.add_parser("verify", parents=parents,
+                       help="property-based differential testing of a backend's function",
+                       description="Draw cases with hypothesis (every scheme, loss, output "
+                       "and dtype; sizes, scales, exact zeros, h0 and non-symmetric W_hh "
+                       "varied), run MODULE:FUNCTION on each and check it; a failure is "
+                       "shrunk to the smallest failing case and printed as a reproducer. "
+                       "Deterministic for a --seed. Exit status as verify-fixtures.")
+    _verify_common(d)
+    d.add_argument("--examples", type=int, default=DIFFERENTIAL_EXAMPLES, metavar="N",
+                   help=f"cases to draw (default {DIFFERENTIAL_EXAMPLES})")
+    d.add_argument("--seed", type=int, default=0, help="hypothesis seed (default 0)")
+    d.add_argument("--buckets", action="store_true",
+                   help="draw shapes from a few buckets (backends that compile per shape)")
+    d.add_argument("--save-failure", metavar="FILE.npz",
+                   help="save the smallest failing case as a fixture file (a new file, "
+                   "outside any fixture directory)")
+    d.set_defaults(func=_cmd_verify)
+    s = sub.add_parser("survey-fixtures", parents=parents,
+                       help="a backend's worst error over many fresh cases, per tier",
+                       description="Run MODULE:FUNCTION on every fixture spec in both "
+                       "dtypes for base seeds 0..SEEDS-1 and print per dtype the worst "
+                       "err/tol under the tiers.")
+    s.add_argument("--against", required=True, metavar="MODULE:FUNCTION")
+    s.add_argument("--seeds", type=int, default=20, help="base seeds (default 20)")
+    s.add_argument("--tier", default="float32", choices=DTYPE_TIERS["float32"])
+    s.add_argument("--timeout", type=float, default=VERIFY_TIMEOUT, metavar="S")
+    s.set_defaults(func=_cmd_survey)
+
+
+def main(argv=None) -> int:
+    """The ``nprnn-ref`` console command."""
+    import argparse
+    parser = argparse.ArgumentParser(
+        prog="nprnn-ref", description="Golden fixtures and verification of other RNN "
+        "backends against the nprnn-ref reference.")
+    parser.add_argument("--version", action="version", version=f"nprnn-ref {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_verification_commands(sub)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as e:
+        print(f"nprnn-ref {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"nprnn-ref {args.command}: interrupted", file=sys.stderr)
+        return 130

@@ -88,14 +88,11 @@ import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import dataclasses  # noqa: E402
 import hashlib  # noqa: E402
-import importlib  # noqa: E402
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-import traceback  # noqa: E402
 import zipfile  # noqa: E402
 import zlib  # noqa: E402
 
@@ -2421,439 +2418,6 @@ def find_run_folders(root) -> list:
 
 
 # ---------------------------------------------------------------------------------------
-# Golden fixtures for other backends: export-fixtures, verify-fixtures, survey-fixtures
-# ---------------------------------------------------------------------------------------
-
-FIXTURE_BASE_SEED = 1511_03771          # the paper's arXiv number
-RELU_MARGIN = 1e-3
-FIXTURE_MAX_DRAWS = 100
-MAX_LABEL_PROB = 0.99   # xent: softmax(y)[label] above it makes dL/dy = p - 1 cancel
-
-
-@dataclasses.dataclass(frozen=True)
-class FixtureSpec:
-    """One golden case. ``seed`` is the case's own stream: its rng is
-    np.random.default_rng([base_seed, seed]), so no case depends on another."""
-    seed: int
-    scheme: str
-    loss: str
-    output: str
-    T: int
-    B: int
-    D: int
-    H: int
-    O: int
-    dtype: str = "float64"
-
-    @property
-    def nonlinearity(self) -> str:
-        return nr.SCHEMES[self.scheme].nonlinearity
-
-    @property
-    def name(self) -> str:
-        short = {"float64": "f64", "float32": "f32"}[self.dtype]
-        return (f"{self.scheme}_{self.nonlinearity}_{self.loss}_{self.output}"
-                f"_T{self.T}_B{self.B}_{short}")
-
-
-# Every nonlinearity x loss x output, every scheme, B = 1 and B > 1, T from 1 to 60,
-# D, H, O pairwise different, both dtypes. Tiny H keeps the whole set near 100 KB.
-FIXTURE_CASES = (
-    FixtureSpec(1, "np", "mse", "last", T=6, B=3, D=2, H=4, O=3),
-    FixtureSpec(2, "np", "xent", "all", T=50, B=2, D=3, H=5, O=4),
-    FixtureSpec(3, "irnn", "mse", "all", T=1, B=1, D=4, H=3, O=2),
-    FixtureSpec(4, "irnn", "xent", "last", T=20, B=2, D=3, H=4, O=2),
-    FixtureSpec(5, "i-rnn", "xent", "last", T=9, B=1, D=2, H=6, O=5),
-    FixtureSpec(6, "tanh", "mse", "all", T=7, B=2, D=5, H=4, O=3),
-    FixtureSpec(7, "tanh", "xent", "last", T=60, B=3, D=2, H=5, O=3),
-    FixtureSpec(8, "np-tanh", "mse", "last", T=1, B=4, D=3, H=7, O=2),
-    FixtureSpec(9, "np-tanh", "xent", "all", T=12, B=1, D=6, H=3, O=4),
-    FixtureSpec(10, "np", "mse", "all", T=10, B=2, D=3, H=5, O=2, dtype="float32"),
-    FixtureSpec(11, "np", "xent", "last", T=50, B=2, D=2, H=4, O=3, dtype="float32"),
-    FixtureSpec(12, "i-rnn", "mse", "last", T=3, B=1, D=2, H=3, O=4, dtype="float32"),
-    FixtureSpec(13, "tanh", "xent", "all", T=8, B=3, D=4, H=5, O=3, dtype="float32"),
-    FixtureSpec(14, "np-tanh", "mse", "all", T=1, B=1, D=3, H=6, O=2, dtype="float32"),
-    FixtureSpec(15, "nrnn", "xent", "all", T=15, B=2, D=3, H=6, O=4),
-    FixtureSpec(16, "grnn", "mse", "last", T=25, B=3, D=2, H=5, O=3),
-    FixtureSpec(17, "ornn", "mse", "all", T=5, B=2, D=3, H=4, O=2, dtype="float32"),
-)
-
-FIXTURE_TOLERANCES = {
-    "float64": {
-        "rtol": 1e-9, "atol": 1e-11,
-        "reason": "Two correct float64 backends differ only by rounding: unit roundoff "
-                  "1.1e-16 times the accumulation length (T*H terms, T <= 60, H <= 7) and "
-                  "the recurrence's mild amplification (the spectral norm of W_hh is at "
-                  "most 1 in every scheme), about 1e-14 of each tensor's scale. Measured "
-                  "with `python tasks.py survey-fixtures --seeds 300` over 4200 random "
-                  "cases of these specs: torch.nn.RNN + autograd and an independent "
-                  "per-step NumPy loop stayed within 3e-13 of this reference in every "
-                  "element, a worst |a - e| / (atol + rtol |e|) of 3e-4 (margin 3500). "
-                  "A float32 computation (relative error ~1e-7) or any modelling mistake "
-                  "fails."},
-    "float32": {
-        "rtol": 3e-4, "atol": 3e-5,
-        "reason": "Float32 cases are computed in float32 (unit roundoff 6e-8), so the "
-                  "fixture and the backend each carry rounding errors of about 1e-6 of "
-                  "each tensor's scale (up to 1e-4 absolute on a grad_W_hh of size 70). "
-                  "Measured with `python tasks.py survey-fixtures --seeds 300` over 4200 "
-                  "random float32 cases: torch.nn.RNN + autograd reached a worst "
-                  "|a - e| / (atol + rtol |e|) of 0.07 and an independent per-step NumPy "
-                  "loop in float32 0.16 (margins 14 and 6), while modelling mistakes are "
-                  "off by 1e-2 to 1 relative. Entries far below atol (grad_x of the irnn and "
-                  "i-rnn cases, whose W_hx ~ N(0, 1e-6)) are checked closely only by the "
-                  "float64 cases."},
-}
-
-
-def relu_preactivations(case) -> np.ndarray:
-    """z_t = W_hx x_t + W_hh h_{t-1} + b_h for every step, recomputed in float64 from a
-    case's x, h0, h and weights (h_{t-1} taken from the stored states). Shape (T, B, H)."""
-    f = {k: np.asarray(case[k], np.float64) for k in ("x", "h0", "h", "W_hx", "W_hh", "b_h")}
-    h_prev = np.concatenate([f["h0"][None], f["h"][:-1]])          # (T, B, H)
-    return f["x"] @ f["W_hx"].T + h_prev @ f["W_hh"].T + f["b_h"]  # (T, B, H)
-
-
-def label_probabilities(case) -> np.ndarray:
-    """softmax(y)[label] for every read-out row of an xent case, in float64."""
-    y = np.asarray(case["y"], np.float64)
-    rows = y.reshape(-1, y.shape[-1])                              # (n, O)
-    e = np.exp(rows - rows.max(axis=1, keepdims=True))
-    p = e / e.sum(axis=1, keepdims=True)
-    return p[np.arange(rows.shape[0]), np.asarray(case["target"]).reshape(-1)]
-
-
-def make_fixture_case(spec: FixtureSpec, base_seed: int = FIXTURE_BASE_SEED,
-                      margin: float = RELU_MARGIN, max_draws: int = FIXTURE_MAX_DRAWS):
-    """Draw one case and compute its outputs with this reference.
-
-    Weights from ``nr.init_params(spec.scheme)`` then non-zero biases b_h ~ N(0, 0.1^2),
-    b_y ~ N(0, 0.5^2); x ~ N(0, 1); h0 ~ N(0, 0.5^2); mse targets ~ N(0, 1), xent labels
-    uniform in [0, O). Everything is drawn in float64 and cast to spec.dtype; the outputs are
-    computed in spec.dtype. For relu, the case is redrawn (from the same stream) until every
-    pre-activation is at least ``margin`` away from 0, at most ``max_draws`` draws.
-
-    Returns (case, info): case has nr.FIXTURE_KEYS; info has draws and the smallest |z|.
-    """
-    dtype = np.dtype(spec.dtype)
-    rng = np.random.default_rng([base_seed, spec.seed])
-    best = 0.0
-    rejected = {"relu margin": 0, "saturated softmax": 0, "all-zero gradient": 0}
-    for draw in range(1, max_draws + 1):
-        p = nr.init_params(spec.D, spec.H, spec.O, spec.scheme, rng)
-        p["b_h"] = 0.1 * rng.standard_normal(spec.H)
-        p["b_y"] = 0.5 * rng.standard_normal(spec.O)
-        lead = (spec.B,) if spec.output == "last" else (spec.T, spec.B)
-        case = {k: v.astype(dtype) for k, v in p.items()}
-        case["x"] = rng.standard_normal((spec.T, spec.B, spec.D)).astype(dtype)
-        case["h0"] = (0.5 * rng.standard_normal((spec.B, spec.H))).astype(dtype)
-        if spec.loss == "mse":
-            case["target"] = rng.standard_normal(lead + (spec.O,)).astype(dtype)
-        else:
-            case["target"] = rng.integers(0, spec.O, size=lead).astype(np.int64)
-        case["nonlinearity"] = np.array(spec.nonlinearity)
-        case["loss_kind"] = np.array(spec.loss)
-        case["output"] = np.array(spec.output)
-        case.update(nr.fixture_outputs(case))
-        case["format_version"] = np.array(nr.FIXTURE_FORMAT_VERSION, np.int64)
-        if spec.loss == "xent" and label_probabilities(case).max() > MAX_LABEL_PROB:
-            rejected["saturated softmax"] += 1           # dL/dy = p - 1 would cancel
-            continue
-        if not all(np.any(case[k]) for k in nr.FIXTURE_OUTPUT_KEYS if k.startswith("grad")):
-            rejected["all-zero gradient"] += 1           # it would check nothing
-            continue
-        if spec.nonlinearity != "relu":
-            return case, {"draws": draw, "min_abs_preactivation": None}
-        m = float(np.abs(relu_preactivations(case)).min())
-        if m >= margin:
-            return case, {"draws": draw, "min_abs_preactivation": m}
-        best = max(best, m)
-        rejected["relu margin"] += 1
-    raise RuntimeError(
-        f"fixture case {spec.name}: no draw in {max_draws} had every ReLU pre-activation at "
-        f"least {margin:g} away from 0, every xent label probability at most "
-        f"{MAX_LABEL_PROB} and no all-zero gradient (rejections: "
-        + ", ".join(f"{k} {v}" for k, v in rejected.items())
-        + f"; best smallest |z| {best:.3g}); use a smaller margin or a case with fewer "
-        "steps, sequences or units")
-
-
-def _write_npz(path, arrays: dict) -> None:
-    """np.savez_compressed's layout (one .npy member per key) with fixed member dates, so
-    that the same arrays give the same bytes, hence a stable sha256."""
-    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
-        for k, a in arrays.items():
-            info = zipfile.ZipInfo(k + ".npy", date_time=(1980, 1, 1, 0, 0, 0))
-            info.compress_type = zipfile.ZIP_DEFLATED
-            with zf.open(info, "w") as f:
-                np.lib.format.write_array(f, np.asarray(a), allow_pickle=False)
-
-
-def _sha256(path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
-
-
-def _check_fixture_dir(directory: str, force: bool) -> None:
-    """Refuse (NotADirectoryError) a file, and (FileExistsError) a directory that is not
-    empty unless ``force``."""
-    if os.path.exists(directory) and not os.path.isdir(directory):
-        raise NotADirectoryError(f"DIR must be a directory, {directory} is a file")
-    if os.path.isdir(directory) and os.listdir(directory) and not force:
-        raise FileExistsError(f"{directory} is not empty; choose an empty or new directory, "
-                              "or pass --force to overwrite the fixture files in it")
-
-
-def _fixture_entry(spec: FixtureSpec, case: dict, info: dict, base_seed: int, fname: str,
-                   sha256: str) -> dict:
-    """The manifest's record of one written case."""
-    return {
-        "name": spec.name, "file": fname, "sha256": sha256, "dtype": spec.dtype,
-        "scheme": spec.scheme, "nonlinearity": spec.nonlinearity,
-        "loss_kind": spec.loss, "output": spec.output,
-        "sizes": {"T": spec.T, "B": spec.B, "D": spec.D, "H": spec.H, "O": spec.O},
-        "shapes": {k: list(case[k].shape) for k in nr.FIXTURE_KEYS},
-        "dtypes": {k: case[k].dtype.str for k in nr.FIXTURE_KEYS},
-        "seed": [base_seed, spec.seed], "draws": info["draws"],
-        "min_abs_relu_preactivation": info["min_abs_preactivation"],
-    }
-
-
-def _fixture_conventions() -> dict:
-    """What a backend must agree on to be compared with the fixtures: the manifest's
-    "conventions"."""
-    return {
-        "layout": "time-major: x and grad_x (T, B, D); h (T, B, H); h0 and grad_h0 "
-                  "(B, H)",
-        "model": "h_t = f(W_hx x_t + W_hh h_{t-1} + b_h), y = W_yh h_t + b_y; h holds "
-                 "h_1..h_T; output 'last' reads h_T only (y (B, O)), 'all' every step "
-                 "(y (T, B, O))",
-        "parameters": "W_hx (H, D), W_hh (H, H), b_h (H,), W_yh (O, H), b_y (O,); "
-                      "torch.nn.RNN: weight_ih_l0 = W_hx, weight_hh_l0 = W_hh, "
-                      "bias_ih_l0 + bias_hh_l0 = b_h; Linear read-out weight = W_yh, "
-                      "bias = b_y",
-        "loss": "mse: mean over all elements of (y - target)^2 (torch.nn.MSELoss()); "
-                "xent: mean over all (step, sequence) rows of the softmax cross-entropy "
-                "of logits y with integer labels (torch.nn.CrossEntropyLoss())",
-        "gradients": "grad_K = dloss/dK for every parameter, x and h0; grad_b_h equals "
-                     "the gradient of either torch bias",
-        "keys": list(nr.FIXTURE_KEYS),
-        "coverage": "W_hh is symmetric in the np, np-tanh, irnn and i-rnn cases, so "
-                    "only the tanh (orthogonal W_hh) cases can reveal a transposed "
-                    "W_hh in the forward pass; D, H and O differ in every case, so "
-                    "any other transposed weight fails on its shape",
-        "strings": "nonlinearity, loss_kind, output are 0-d unicode arrays; "
-                   "format_version a 0-d int64",
-    }
-
-
-def fixture_manifest(entries: list, base_seed: int, margin: float) -> dict:
-    """The contents of manifest.json: how the cases were drawn, the conventions, the
-    tolerances and ``entries`` (one _fixture_entry per case)."""
-    return {
-        "format": "nprnn-ref golden fixtures",
-        "format_version": nr.FIXTURE_FORMAT_VERSION,
-        "generator": "python tasks.py export-fixtures (nprnn_ref.fixture_outputs)",
-        "numpy_version": np.__version__,
-        "base_seed": base_seed,
-        "seeding": "case rng = numpy.random.default_rng([base_seed, case seed]); weights "
-                   "from nprnn_ref.init_params(scheme), then b_h ~ N(0, 0.1^2), "
-                   "b_y ~ N(0, 0.5^2), x ~ N(0, 1), h0 ~ N(0, 0.5^2), mse targets ~ N(0, 1), "
-                   "xent labels uniform; drawn in float64, cast to the case's dtype, outputs "
-                   "computed in that dtype. Same seed, machine and BLAS build: same arrays.",
-        "relu_margin": margin,
-        "relu_margin_note": "in every relu case each pre-activation z_t = W_hx x_t + "
-                            "W_hh h_{t-1} + b_h (recomputed in float64 from the stored "
-                            "arrays) has |z| >= relu_margin, so ReLU'(0) conventions cannot "
-                            "matter; cases were redrawn (at most "
-                            f"{FIXTURE_MAX_DRAWS} draws) until it held",
-        "other_redraw_conditions": f"xent cases: every label's softmax probability at most "
-                                   f"{MAX_LABEL_PROB} (so dL/dy = p - onehot does not "
-                                   "cancel); every case: no all-zero gradient tensor",
-        "conventions": _fixture_conventions(),
-        "tolerances": FIXTURE_TOLERANCES,
-        "cases": entries,
-    }
-
-
-def export_fixtures(directory, force=False, base_seed=FIXTURE_BASE_SEED,
-                    cases=FIXTURE_CASES, margin=RELU_MARGIN) -> dict:
-    """Write one .npz per case and manifest.json into ``directory``; return the manifest.
-
-    Refuses (FileExistsError) a directory that is not empty unless ``force``; with force,
-    files of the same names are replaced and other files are left alone.
-    """
-    directory = os.fspath(directory)
-    _check_fixture_dir(directory, force)
-    for what in ("name", "seed"):
-        vals = [getattr(s, what) for s in cases]
-        if len(set(vals)) != len(vals):
-            raise ValueError(f"cases must have distinct {what}s, got {vals}")
-    built = [(s,) + make_fixture_case(s, base_seed, margin) for s in cases]  # all or nothing
-    os.makedirs(directory, exist_ok=True)
-    entries = []
-    for spec, case, info in built:
-        fname = spec.name + ".npz"
-        path = os.path.join(directory, fname)
-        _write_npz(path, {k: case[k] for k in nr.FIXTURE_KEYS})
-        entries.append(_fixture_entry(spec, case, info, base_seed, fname, _sha256(path)))
-    manifest = fixture_manifest(entries, base_seed, margin)
-    with open(os.path.join(directory, "manifest.json"), "w") as f:
-        json.dump(manifest, f, indent=1)
-        f.write("\n")
-    return manifest
-
-
-def read_manifest(directory) -> dict:
-    """Load DIR/manifest.json and check its format version and case list."""
-    path = os.path.join(os.fspath(directory), "manifest.json")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} does not exist: DIR must be a directory written "
-                                "by `python tasks.py export-fixtures DIR`")
-    try:
-        with open(path) as f:
-            m = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from None
-    if not isinstance(m, dict) or m.get("format_version") != nr.FIXTURE_FORMAT_VERSION:
-        got = m.get("format_version") if isinstance(m, dict) else type(m).__name__
-        raise ValueError(f"{path} has format_version {got!r}, this reader understands "
-                         f"{nr.FIXTURE_FORMAT_VERSION}")
-    cases = m.get("cases")
-    if not isinstance(cases, list) or not cases or not all(
-            isinstance(c, dict) and {"name", "file", "dtype"} <= set(c) for c in cases):
-        raise ValueError(f"{path} must list its cases, each with name, file and dtype")
-    tol = m.get("tolerances", {})
-    for c in cases:
-        t = tol.get(c["dtype"]) if isinstance(tol, dict) else None
-        if not isinstance(t, dict) or not {"rtol", "atol"} <= set(t):
-            raise ValueError(f"{path} gives no rtol/atol for dtype {c['dtype']!r}")
-    return m
-
-
-def load_backend(spec: str):
-    """The function named by 'MODULE:FUNCTION'. MODULE is a module importable from the
-    current directory (dotted names work) or a path to a .py file."""
-    if not isinstance(spec, str) or spec.count(":") < 1 or not spec.rpartition(":")[2] \
-            or not spec.rpartition(":")[0]:
-        raise ValueError(f"--against must look like MODULE:FUNCTION (e.g. my_backend:run "
-                         f"or path/to/my_backend.py:run), got {spec!r}")
-    mod_name, _, fn_name = spec.rpartition(":")
-    try:
-        if mod_name.endswith(".py") or os.sep in mod_name:
-            if not os.path.isfile(mod_name):
-                raise FileNotFoundError(f"no such file {mod_name}")
-            name = "_backend_" + os.path.splitext(os.path.basename(mod_name))[0]
-            ispec = importlib.util.spec_from_file_location(name, mod_name)
-            module = importlib.util.module_from_spec(ispec)
-            sys.modules[name] = module            # as import does (dataclasses need it)
-            try:
-                ispec.loader.exec_module(module)
-            except BaseException:
-                sys.modules.pop(name, None)
-                raise
-        else:
-            cwd = os.getcwd()
-            if cwd not in sys.path:
-                sys.path.insert(0, cwd)
-            module = importlib.import_module(mod_name)
-    except (Exception, SystemExit) as e:  # noqa: BLE001  (any import-time failure is the
-        # user's to see, even a module that calls sys.exit)
-        raise ImportError(f"cannot import {mod_name!r} for --against {spec}: "
-                          f"{type(e).__name__}: {e}") from e
-    fn = getattr(module, fn_name, None)
-    if not callable(fn):
-        raise ImportError(f"module {mod_name!r} has no function {fn_name!r}")
-    return fn
-
-
-def verify_case(fn, case: dict, rtol: float, atol: float):
-    """Run ``fn`` on a fixture case's inputs (fresh copies) and compare its result with
-    the case's outputs. Returns (report or None, problem text or "")."""
-    inputs = {k: np.array(case[k]) for k in nr.FIXTURE_INPUT_KEYS}
-    try:
-        result = fn(inputs)
-    except ImportError as e:                             # a missing package: stop, say so
-        name = getattr(e, "name", None) or str(e)
-        raise ImportError(f"the function needs a package that is not installed ({e}); "
-                          f"install it, e.g. `pip install {name}`") from e
-    except Exception as e:  # noqa: BLE001  (reported as a failed case)
-        tb = traceback.extract_tb(e.__traceback__)[-1]
-        return None, (f"the function raised {type(e).__name__}: {e} "
-                      f"(at {os.path.basename(tb.filename)}:{tb.lineno})")
-    if not isinstance(result, dict):
-        return None, (f"the function must return a dict with keys "
-                      f"{', '.join(nr.FIXTURE_OUTPUT_KEYS)}, got {type(result).__name__}")
-    expected = {k: case[k] for k in nr.FIXTURE_OUTPUT_KEYS}
-    return nr.compare(expected, result, rtol, atol), ""
-
-
-def verify_fixtures(directory, fn, rtol=None, atol=None, out=None) -> bool:
-    """Check ``fn`` on every case of a fixture directory, print a table per case and a
-    summary to ``out`` (default stdout); return True when every case passed. rtol/atol
-    override the manifest's."""
-    out = sys.stdout if out is None else out
-    m = read_manifest(directory)
-    n_ok = 0
-    for c in m["cases"]:
-        t = m["tolerances"][c["dtype"]]
-        r = t["rtol"] if rtol is None else rtol
-        a = t["atol"] if atol is None else atol
-        path = os.path.join(os.fspath(directory), c["file"])
-        print(f"== {c['name']} ({c['dtype']}, rtol={r:g}, atol={a:g})", file=out)
-        try:
-            case = nr.load_fixture(path)
-            if "sha256" in c and _sha256(path) != c["sha256"]:
-                raise ValueError(f"{path} does not match the manifest's sha256: the file was "
-                                 "modified or damaged after the export")
-        except (OSError, ValueError) as e:
-            print(f"   FAIL: cannot use the fixture: {e}", file=out)
-            continue
-        report, problem = verify_case(fn, case, r, a)
-        if report is None:
-            print(f"   FAIL: {problem}", file=out)
-            continue
-        print("\n".join("   " + line for line in report.table().splitlines()), file=out)
-        n_ok += report.ok
-    n = len(m["cases"])
-    print(f"{n_ok}/{n} cases passed" + ("" if n_ok == n else f"; {n - n_ok} FAILED"),
-          file=out)
-    return n_ok == n
-
-
-def survey_backend(fn, n_seeds: int, specs=FIXTURE_CASES, out=None) -> dict:
-    """Run ``fn`` on fresh cases of every spec, in both dtypes, for base seeds 0 ..
-    n_seeds - 1 (nothing written to disk) and print, per dtype, the largest |a - e| and
-    the worst ratio |a - e| / (atol + rtol |e|) at the recommended tolerances (a case
-    passes when it is <= 1; its inverse is the margin). Returns {dtype: (max_abs,
-    worst_ratio, n_cases)}. This is how FIXTURE_TOLERANCES were checked."""
-    out = sys.stdout if out is None else out
-    stats = {}
-    for dtype in ("float64", "float32"):
-        tol = FIXTURE_TOLERANCES[dtype]
-        max_abs, worst, n = 0.0, 0.0, 0
-        for seed in range(n_seeds):
-            for spec in specs:
-                s = dataclasses.replace(spec, dtype=dtype)
-                case, _ = make_fixture_case(s, base_seed=seed)
-                report, problem = verify_case(fn, case, tol["rtol"], tol["atol"])
-                if report is None or any(c.status not in ("pass", "fail", "extra")
-                                         for c in report.checks):
-                    raise ValueError(f"{s.name} with base seed {seed}: "
-                                     f"{problem or report.table()}")
-                for c in report.checks:
-                    if c.status in ("pass", "fail"):
-                        max_abs = max(max_abs, c.max_abs)
-                        worst = max(worst, c.worst_ratio)
-                n += 1
-        stats[dtype] = (max_abs, worst, n)
-        print(f"{dtype}: {n} cases, max |a - e| = {max_abs:.3g}, worst |a - e| / (atol + "
-              f"rtol |e|) = {worst:.3g} at rtol={tol['rtol']:g}, atol={tol['atol']:g} "
-              f"(margin {1 / worst if worst else float('inf'):.3g}x)", file=out)
-    return stats
-
-
-# ---------------------------------------------------------------------------------------
 # Analysis commands: dynamics, gradflow, sensitivity, spectrum (the paper's argument)
 # ---------------------------------------------------------------------------------------
 
@@ -3654,8 +3218,9 @@ def bench(shapes, repeats, threads, use_torch=True, seed=0, out=sys.stdout):
 #   diverged is a measured outcome (recorded, reported, exit 0).
 
 
-class UsageError(Exception):
-    """A mistake in what the user asked for: main prints it on one line and exits 2."""
+class UsageError(nr.UsageError):
+    """A mistake in what the user asked for: main prints it on one line and exits 2.
+    (The verification commands, nprnn_ref's, raise nr.UsageError, which main catches.)"""
 
 
 class MissingPackage(UsageError):
@@ -4655,8 +4220,6 @@ def _add_paper_commands(sub, parents):
     r.set_defaults(func=cmd_resume)
 
 
-# --- The fixture commands --------------------------------------------------------------
-
 @contextlib.contextmanager
 def _as_usage_error(*errors):
     """Raise the exceptions ``errors`` of the block as UsageError (one line, exit 2)."""
@@ -4664,93 +4227,6 @@ def _as_usage_error(*errors):
         yield
     except errors as e:
         raise UsageError(str(e)) from None
-
-
-def cmd_survey_fixtures(args):
-    with _as_usage_error(ImportError, ValueError):
-        fn = load_backend(args.against)
-    try:
-        with _as_usage_error(ImportError):               # the function needs a package
-            stats = survey_backend(fn, args.seeds)
-    except ValueError as e:                              # it raised or answered wrongly
-        print(f"tasks.py survey-fixtures: FAIL: {e}", file=sys.stderr)
-        return 1
-    return 0 if all(w <= 1 for _, w, _ in stats.values()) else 1
-
-
-def cmd_export_fixtures(args):
-    with _as_usage_error(FileExistsError, NotADirectoryError):
-        _check_fixture_dir(args.dir, args.force)
-    out = _Output("DIR", args.dir, folder=True, replace=False)
-    _check_outputs([out], args.force)                    # DIR writable
-    _lock_outputs([out])                                 # which puts DIR/.lock in it
-    with _as_usage_error(RuntimeError):                  # no usable draw at this --seed
-        m = export_fixtures(args.dir, force=True, base_seed=args.seed)   # checked above
-    total = sum(os.path.getsize(os.path.join(args.dir, c["file"])) for c in m["cases"])
-    print(f"wrote {len(m['cases'])} cases ({total / 1024:.0f} KB) and manifest.json to "
-          f"{args.dir}")
-    return 0
-
-
-def cmd_verify_fixtures(args):
-    with _as_usage_error(ImportError, FileNotFoundError, ValueError):
-        fn = load_backend(args.against)
-        read_manifest(args.dir)                          # a DIR export-fixtures wrote
-    with _as_usage_error(ImportError):                   # the function needs a package
-        ok = verify_fixtures(args.dir, fn, args.rtol, args.atol)
-    return 0 if ok else 1
-
-
-def _add_fixture_commands(sub) -> None:
-    threads, _ = _parent_parsers()
-    e = sub.add_parser("export-fixtures", parents=[threads],
-                       help="write golden fixtures (.npz per case and manifest.json) for "
-                       "checking other backends",
-                       description="Write one .npz per golden case and DIR/manifest.json. "
-                       "Each case holds inputs, parameters, every hidden state, the "
-                       "read-out, the loss and every gradient, computed by this reference. "
-                       "Refuses a non-empty DIR unless --force.")
-    e.add_argument("dir", metavar="DIR", help="output directory (created, with missing "
-                   "parents)")
-    e.add_argument("--force", action="store_true",
-                   help="overwrite the fixture files in a non-empty DIR")
-    e.add_argument("--seed", type=int, default=FIXTURE_BASE_SEED,
-                   help=f"base seed (default {FIXTURE_BASE_SEED})")
-    e.set_defaults(func=cmd_export_fixtures)
-    v = sub.add_parser("verify-fixtures", parents=[threads],
-                       help="check a backend's function against the golden fixtures, "
-                       "tensor by tensor",
-                       description="Import FUNCTION from MODULE (a module importable from "
-                       "the current directory, or a .py path), call it on the inputs of "
-                       "every case in DIR (a dict: x, h0, target, W_hx, W_hh, b_h, W_yh, "
-                       "b_y, nonlinearity, loss_kind, output), compare the dict it returns "
-                       "(h, y, loss, grad_W_hx, grad_W_hh, grad_b_h, grad_W_yh, grad_b_y, "
-                       "grad_x, grad_h0) with the fixture, and print a table per case. Exit "
-                       "status 0 when every case passes, 1 when one fails, 2 on a usage "
-                       "error.")
-    v.add_argument("dir", metavar="DIR", help="a directory written by export-fixtures")
-    v.add_argument("--against", required=True, metavar="MODULE:FUNCTION",
-                   help="the function to check, e.g. my_backend:run or "
-                   "path/to/my_backend.py:run")
-    v.add_argument("--rtol", type=_nonneg_float, default=None,
-                   help="override the manifest's relative tolerance")
-    v.add_argument("--atol", type=_nonneg_float, default=None,
-                   help="override the manifest's absolute tolerance")
-    v.set_defaults(func=cmd_verify_fixtures)
-    s = sub.add_parser("survey-fixtures", parents=[threads],
-                       help="run a backend on many freshly drawn fixture cases and report "
-                       "its worst error against the tolerances",
-                       description="Draw every fixture case spec in float64 and float32 "
-                       "for base seeds 0..SEEDS-1 (in memory), run MODULE:FUNCTION on each "
-                       "and print per dtype the largest |a - e| and the worst "
-                       "|a - e| / (atol + rtol |e|) at the recommended tolerances. Exit "
-                       "status 1 when some case is outside them or the function raises or "
-                       "returns a malformed result, 2 on a usage error.")
-    s.add_argument("--against", required=True, metavar="MODULE:FUNCTION",
-                   help="the function to survey, as for verify-fixtures")
-    s.add_argument("--seeds", type=_positive_int, default=20,
-                   help="number of base seeds (default 20)")
-    s.set_defaults(func=cmd_survey_fixtures)
 
 
 # --- The analysis commands -------------------------------------------------------------
@@ -5071,7 +4547,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_experiment_commands(sub, [threads, jobs])
     _add_paper_commands(sub, [threads, jobs])
     _add_collect_command(sub)
-    _add_fixture_commands(sub)
+    nr.add_verification_commands(sub, [threads])
     _add_analysis_commands(sub)
     return p
 
@@ -5080,9 +4556,12 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except UsageError as e:
+    except nr.UsageError as e:
         print(f"tasks.py {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"tasks.py {args.command}: interrupted", file=sys.stderr)
+        return 130
     finally:
         _release_locks()
 
