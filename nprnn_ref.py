@@ -105,6 +105,13 @@ __all__ = [
     "TORCH_KEYS", "FIXTURE_FORMAT_VERSION", "FIXTURE_INPUT_KEYS", "FIXTURE_OUTPUT_KEYS",
     "FIXTURE_KEYS", "to_torch_state_dict", "from_torch_state_dict", "fixture_outputs",
     "load_fixture", "TensorCheck", "CompareReport", "compare",
+    # verification kit (main and add_verification_commands, the command line, aside)
+    "Tier", "TIERS", "FLOAT32_FLOOR", "VERIFY_TIMEOUT", "CaseSpec", "FIXTURE_CASES",
+    "FIXTURE_BASE_SEED", "RELU_MARGIN", "TANH_MAX_Z", "make_case", "TensorResult",
+    "check_case", "round_mantissa", "gpu_emulation_outputs", "load_backend",
+    "CaseResult", "Diagnosis", "VerifyReport", "export_fixtures", "read_manifest",
+    "verify_fixtures", "DIFFERENTIAL_BOUNDS", "SHAPE_BUCKETS", "DIFFERENTIAL_EXAMPLES",
+    "case_specs", "verify_differential", "diagnose", "survey_backend", "UsageError",
 ]
 
 PARAM_NAMES = ("W_hx", "W_hh", "b_h", "W_yh", "b_y")
@@ -2526,6 +2533,11 @@ DTYPE_TIERS = {"float64": ("float64",), "float32": ("float32", "tf32")}
 
 def _tier(tier) -> Tier:
     if isinstance(tier, Tier):
+        for k in ("rtol", "floor"):
+            v = _check_real(f"tier.{k}", getattr(tier, k), "a finite number >= 0")
+            if v < 0:
+                raise ValueError(f"tier.{k} must be >= 0, got {v:g}")
+        _check_choice("tier.dtype", tier.dtype, ("float64", "float32"))
         return tier
     if tier not in TIERS:
         raise ValueError(f"tier must be one of {', '.join(TIERS)}, got {_short(tier)}")
@@ -2623,7 +2635,7 @@ def _check_case_spec(spec) -> CaseSpec:
     return spec
 
 
-def preactivations(case) -> np.ndarray:
+def _preactivations(case) -> np.ndarray:
     """z_t = W_hx x_t + W_hh h_{t-1} + b_h for every step, recomputed in float64 from a
     case's x, h0, h and weights (h_{t-1} taken from the stored states). Shape (T, B, H)."""
     f = {k: np.asarray(case[k], np.float64) for k in ("x", "h0", "h", "W_hx", "W_hh", "b_h")}
@@ -2631,7 +2643,7 @@ def preactivations(case) -> np.ndarray:
     return f["x"] @ f["W_hx"].T + h_prev @ f["W_hh"].T + f["b_h"]  # (T, B, H)
 
 
-def label_probabilities(case) -> np.ndarray:
+def _label_probabilities(case) -> np.ndarray:
     """softmax(y)[label] for every read-out row of an xent case, in float64."""
     y = np.asarray(case["y"], np.float64)
     rows = y.reshape(-1, y.shape[-1])                              # (n, O)
@@ -2710,6 +2722,10 @@ def make_case(spec: CaseSpec, base_seed: int = FIXTURE_BASE_SEED, *,
     """
     _check_case_spec(spec)
     _check_size("base_seed", base_seed, minimum=0)
+    m = _check_real("margin", margin, "a number in [0, 1)")
+    if not 0 <= m < 1:
+        raise ValueError(f"margin must lie in [0, 1), got {m:g}")
+    _check_size("max_draws", max_draws)
     dtype = np.dtype(spec.dtype)
     rng = np.random.default_rng([base_seed, spec.seed])
     best, rejected = 0.0, {"relu margin": 0, "saturated softmax": 0, "saturated tanh": 0}
@@ -2722,10 +2738,10 @@ def make_case(spec: CaseSpec, base_seed: int = FIXTURE_BASE_SEED, *,
         case["output"] = np.array(spec.output)
         case.update(_reference_outputs(case, dtype))
         case["format_version"] = np.array(FIXTURE_FORMAT_VERSION, np.int64)
-        if spec.loss == "xent" and label_probabilities(case).max() > MAX_LABEL_PROB:
+        if spec.loss == "xent" and _label_probabilities(case).max() > MAX_LABEL_PROB:
             rejected["saturated softmax"] += 1           # dL/dy = p - 1 would cancel
             continue
-        z = np.abs(preactivations(case))
+        z = np.abs(_preactivations(case))
         if spec.nonlinearity != "relu":
             if z.max() <= TANH_MAX_Z:
                 return case, {"draws": draw, "min_rel_preactivation": None,
@@ -2904,6 +2920,21 @@ def _check_tensor(name, e, a, tier: Tier, by_step: bool, mag) -> TensorResult:
                         transposed=transposed)
 
 
+def _check_case_dict(argname: str, case) -> None:
+    """A case dict as make_case and load_fixture return: FIXTURE_KEYS with consistent
+    shapes, dtypes and conventions (the checks of load_fixture)."""
+    if not isinstance(case, dict):
+        raise TypeError(f"{argname} must be a dict with FIXTURE_KEYS (make_case, "
+                        f"load_fixture), got {type(case).__name__}")
+    for k, v in case.items():
+        if not isinstance(k, str) or not isinstance(v, np.ndarray):
+            raise TypeError(f"{argname}[{_short(k)}] must be a numpy.ndarray under a str "
+                            f"key, got {type(v).__name__}")
+        _as_array(f"{argname}[{k!r}]", v)
+    _check_fixture_keys(argname, case)
+    _check_fixture_arrays(argname, case)
+
+
 def check_case(case: dict, actual, tier="float64") -> tuple:
     """Check a backend's result for one case (a dict with FIXTURE_KEYS, as make_case or
     load_fixture return) with a tolerance tier. Returns one TensorResult per output key,
@@ -2914,8 +2945,7 @@ def check_case(case: dict, actual, tier="float64") -> tuple:
     own size, per time step for h, grad_x and (output "all") y; see Tier.
     """
     tier = _tier(tier)
-    if not isinstance(case, dict) or any(k not in case for k in FIXTURE_KEYS):
-        raise TypeError("case must be a dict with FIXTURE_KEYS (make_case, load_fixture)")
+    _check_case_dict("case", case)
     dtype = np.asarray(case["h"]).dtype
     if dtype.name != tier.dtype:
         raise ValueError(f"tier {tier.name!r} checks {tier.dtype} cases, this case is "
@@ -2925,7 +2955,7 @@ def check_case(case: dict, actual, tier="float64") -> tuple:
                              f"keys {', '.join(FIXTURE_OUTPUT_KEYS)}, got "
                              f"{type(actual).__name__}"),)
     output = str(case["output"])
-    mags = error_scales(case)
+    mags = _error_scales(case)
     out = [TensorResult(k, "missing", "not returned") if k not in actual else
            _check_tensor(k, np.asarray(case[k]), actual[k], tier, _time_indexed(k, output),
                          mags[k])
@@ -2999,7 +3029,7 @@ def _loop(case: dict, rnd=None) -> dict:
     return out, {"dy": dy, "dz": dz, "fp": fp, "h_prev": h_prev, "hr": hr}
 
 
-def error_scales(case: dict) -> dict:
+def _error_scales(case: dict) -> dict:
     """For each output, the magnitude its rounding errors scale with: the same products
     and sums one level deep with every operand replaced by its absolute value (computed in
     float64 from the case's inputs and expected intermediates). It exceeds |value| where
@@ -3046,8 +3076,7 @@ def gpu_emulation_outputs(case: dict, bits: int = 10) -> dict:
     mantissa bits, products accumulated in float32, elementwise work in float32. A
     backend function (the fixture_outputs contract), used to derive and test the "tf32"
     tier."""
-    if not isinstance(case, dict) or any(k not in case for k in FIXTURE_INPUT_KEYS):
-        raise TypeError("case must be a dict with FIXTURE_INPUT_KEYS")
+    fixture_outputs(case)                     # validates case as fixture_outputs does
     if np.asarray(case["x"]).dtype != np.float32:
         raise TypeError(f"gpu_emulation_outputs takes float32 cases, got "
                         f"{_dtype_text(np.asarray(case['x']).dtype)}")
@@ -3489,7 +3518,12 @@ def export_fixtures(directory, *, force: bool = False, base_seed: int = FIXTURE_
     ``directory``; return the manifest. Refuses (FileExistsError) a directory that is not
     empty unless ``force``; with force, files of the same names are replaced, others left.
     Everything is computed before anything is written."""
-    directory = os.fspath(directory)
+    directory = _check_path("directory", directory)
+    _check_bool("force", force)
+    _check_size("base_seed", base_seed, minimum=0)
+    if not isinstance(cases, (tuple, list)) or not cases:
+        raise TypeError(f"cases must be a non-empty tuple of CaseSpecs, got "
+                        f"{_short(cases)}")
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise NotADirectoryError(f"DIR must be a directory, {directory} is a file")
     if os.path.isdir(directory) and [f for f in os.listdir(directory)
@@ -3528,6 +3562,18 @@ def export_fixtures(directory, *, force: bool = False, base_seed: int = FIXTURE_
     return manifest
 
 
+def _check_path(argname, path) -> str:
+    try:
+        path = os.fspath(path)
+    except TypeError:
+        raise TypeError(f"{argname} must be a str or os.PathLike, got "
+                        f"{type(path).__name__} {_short(path)}") from None
+    if not isinstance(path, str) or not path or "\0" in path:
+        raise ValueError(f"{argname} must be a non-empty path without NUL characters, "
+                         f"got {_short(path)}")
+    return path
+
+
 REEXPORT = "python tasks.py export-fixtures DIR --force (or: nprnn-ref export-fixtures " \
     "DIR --force)"
 
@@ -3536,7 +3582,8 @@ def read_manifest(directory) -> dict:
     """DIR/manifest.json, checked for its format version and base seed (the only two
     entries the verifier reads). A directory of an earlier format is refused with the
     command that re-exports it."""
-    path = os.path.join(os.fspath(directory), "manifest.json")
+    directory = _check_path("directory", directory)
+    path = os.path.join(directory, "manifest.json")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} does not exist: DIR must be a directory written "
                                 "by export-fixtures")
@@ -3573,7 +3620,7 @@ def _fixture_file_problem(directory, spec: CaseSpec, base_seed: int):
         return None, f"cannot use the fixture: {e}"
     ref, _ = make_case(spec, base_seed)
     tier = TIERS[spec.dtype]
-    mags = error_scales(ref)
+    mags = _error_scales(ref)
     for k in FIXTURE_KEYS:
         e, a = ref[k], case[k]
         if e.dtype.kind in "iUu" or k == "format_version":
@@ -3638,7 +3685,7 @@ def verify_fixtures(directory, against, *, dtypes=None, tier="float32", rtol=Non
     format, a bad against) raise before any case runs.
     """
     t0 = time.perf_counter()
-    directory = os.fspath(directory)
+    directory = _check_path("directory", directory)
     target = _target_text(against)
     dtypes = _selected(dtypes)
     tiers = _tiers_for(dtypes, tier, rtol, floor)
@@ -3695,6 +3742,15 @@ def case_specs(dtypes=("float64", "float32"), *, buckets: bool = False, bounds=N
     D = H = O = 1, scale 1 and the default flags."""
     from hypothesis import strategies as st
     dtypes = _selected(dtypes)
+    _check_bool("buckets", buckets)
+    if bounds is not None and not isinstance(bounds, dict):
+        raise TypeError(f"bounds must be a dict like {DIFFERENTIAL_BOUNDS}, got "
+                        f"{type(bounds).__name__}")
+    for k, v in (bounds or {}).items():
+        _check_choice("bounds' keys", k, tuple(DIFFERENTIAL_BOUNDS))
+        _check_size(f"bounds[{k!r}]", v)
+        if v > 64:
+            raise ValueError(f"bounds[{k!r}] must be at most 64 (cases stay small), got {v}")
     bounds = dict(DIFFERENTIAL_BOUNDS, **(bounds or {}))
 
     @st.composite
@@ -3749,6 +3805,7 @@ def verify_differential(against, *, examples: int = DIFFERENTIAL_EXAMPLES, seed:
     timeout = _check_timeout(timeout)
     examples = _check_size("examples", examples)
     _check_size("seed", seed, minimum=0)
+    case_specs(dtypes, buckets=buckets, bounds=bounds)          # checks both
     if save_failure is not None:
         save_failure = _check_save_path(save_failure)
     passed, failures, calls = [], [], [0]
@@ -3845,7 +3902,13 @@ def diagnose(cases) -> tuple:
     """Likely causes of the failures among ``cases`` (CaseResults), each with its
     evidence; empty when every case passed. Heuristics: each names a pattern that common
     mistakes leave, and the cases that show it."""
+    if isinstance(cases, (str, bytes, dict)) or not hasattr(cases, "__iter__"):
+        raise TypeError(f"cases must be an iterable of CaseResults, got "
+                        f"{type(cases).__name__}")
     cases = tuple(cases)
+    for c in cases:
+        if not isinstance(c, CaseResult):
+            raise TypeError(f"cases must hold CaseResults, got {type(c).__name__}")
     bad = [c for c in cases if not c.ok]
     good = [c for c in cases if c.ok]
     if not bad:
@@ -3968,8 +4031,14 @@ def survey_backend(against, n_seeds: int, *, tier="float32", specs=FIXTURE_CASES
     tiers (float32 cases under ``tier``): a backend has room when it is well below 1.
     Returns {dtype: (worst_ratio, n_cases, n_failed)}. This is how TIERS were checked."""
     out = sys.stdout if out is None else out
+    if not hasattr(out, "write"):
+        raise TypeError(f"out must be a text stream, got {type(out).__name__}")
     tiers = _tiers_for(("float64", "float32"), tier, None, None)
     n_seeds = _check_size("n_seeds", n_seeds)
+    if not isinstance(specs, (tuple, list)) or not specs:
+        raise TypeError(f"specs must be a non-empty tuple of CaseSpecs, got {_short(specs)}")
+    for sp in specs:
+        _check_case_spec(sp)
     backend, stats = _Backend(_target_text(against), _check_timeout(timeout)), {}
     try:
         for dtype in ("float64", "float32"):
