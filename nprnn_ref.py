@@ -3030,43 +3030,73 @@ def _loop(case: dict, rnd=None) -> dict:
 
 
 def _error_scales(case: dict) -> dict:
-    """For each output, the magnitude its rounding errors scale with: the same products
-    and sums one level deep with every operand replaced by its absolute value (computed in
-    float64 from the case's inputs and expected intermediates). It exceeds |value| where
-    a sum cancels (e.g. grad_b_y of xent, a sum of p - onehot over rows), so a correct
-    backend is not failed for cancellation, and it is 0 only where every term is 0."""
+    """For each output, the magnitude its rounding errors scale with (float64, from the
+    case's inputs and its float64 intermediates): the same products and sums with every
+    operand replaced by its absolute value, one level deep, with two additions along the
+    recurrence: a state's magnitude is at least the previous state's carried through the
+    step's Jacobian (h forward, dL/dz backward; see _carried), and the read-out, loss and
+    gradients take those magnitudes in place of the values. The scale exceeds |value|
+    where a sum cancels (grad_b_y of xent, a sum of p - onehot over rows; a gradient that
+    shrinks by cancellation from one step to the one before), so a correct backend is not
+    failed for the conditioning of the problem, and it is 0 only where every term is."""
     c = {k: (np.asarray(case[k], np.float64) if np.asarray(case[k]).dtype.kind == "f"
              else case[k]) for k in FIXTURE_INPUT_KEYS}
     out, mid = _loop(c)
     a = {k: np.abs(c[k]) for k in ("x", "h0", "W_hx", "W_hh", "b_h", "W_yh", "b_y")}
     T, B, _ = c["x"].shape
-    h_prev, hr, fp = np.abs(mid["h_prev"]), np.abs(mid["hr"]), np.abs(mid["fp"])
+    fp = mid["fp"]
     loss, output = str(c["loss_kind"]), str(c["output"])
+    # forward: h_t = f(z_t), z_t = W_hx x_t + W_hh h_{t-1} + b_h
+    hM = np.empty_like(out["h"])
+    prevM = a["h0"]
+    for t in range(T):
+        hM[t] = (a["x"][t] @ a["W_hx"].T + prevM @ a["W_hh"].T + a["b_h"]) * np.abs(fp[t])
+        if t:
+            J = np.abs(fp[t])[:, :, None] * c["W_hh"][None]
+            carry = np.linalg.norm(J, 2, axis=(1, 2)) * hM[t - 1].max(axis=1)
+            hM[t] = np.maximum(hM[t], carry[:, None] * (fp[t] != 0))
+        prevM = hM[t]
+    hprevM = np.concatenate([a["h0"][None], hM[:-1]])
+    hrM = hM[-1] if output == "last" else hM
+    yM = (hrM.reshape(-1, hrM.shape[-1]) @ a["W_yh"].T + a["b_y"]).reshape(out["y"].shape)
+    n_rows = out["y"][..., 0].size
     if loss == "mse":
-        dy = 2 * (np.abs(out["y"]) + np.abs(c["target"])) / out["y"].size
+        dyM = 2 * (yM + np.abs(c["target"])) / out["y"].size
+        LM = max(abs(float(out["loss"])),
+                 float(np.mean(2 * np.abs(out["y"] - c["target"]) * yM)))
     else:
-        dy = np.abs(mid["dy"]) + 2.0 / out["y"][..., 0].size * (
-            np.arange(out["y"].shape[-1]) == np.asarray(c["target"])[..., None])
-    dyf = dy.reshape(-1, dy.shape[-1])
-    z = a["x"] @ a["W_hx"].T + h_prev @ a["W_hh"].T + a["b_h"]
-    dh_out = (dyf @ a["W_yh"]).reshape(hr.shape)
-    later = np.concatenate([np.abs(mid["dz"][1:]) @ a["W_hh"],
-                            np.zeros((1, B, a["W_hh"].shape[0]))])
-    if output == "all":
-        later = later + dh_out
-    else:
-        later[-1] += dh_out
-    dz = (later * fp).reshape(T * B, -1)
-    return {"h": z * fp, "y": (hr.reshape(-1, hr.shape[-1]) @ a["W_yh"].T + a["b_y"]
-                               ).reshape(out["y"].shape),
-            "loss": np.abs(out["loss"]),
+        onehot = np.arange(out["y"].shape[-1]) == np.asarray(c["target"])[..., None]
+        p = mid["dy"] * n_rows + onehot
+        dyM = (p + onehot) * max(1.0, 2 * float(yM.max())) / n_rows
+        LM = max(abs(float(out["loss"])), 2 * float(yM.max()))
+    dyf = dyM.reshape(-1, dyM.shape[-1])
+    dh_out = (dyf @ a["W_yh"]).reshape(hrM.shape)
+    # backward: dz_t = f'_t * (W_hh^T dz_{t+1} + read-out term)
+    dzM = np.empty_like(out["h"])
+    nextM = None
+    for t in range(T - 1, -1, -1):
+        dh = np.zeros((B, a["W_hh"].shape[0]))
+        if output == "all":
+            dh = dh + dh_out[t]
+        elif t == T - 1:
+            dh = dh + dh_out
+        if nextM is not None:
+            dh = dh + nextM @ a["W_hh"]
+        dzM[t] = dh * np.abs(fp[t])
+        if nextM is not None:
+            J = np.abs(fp[t])[:, :, None] * c["W_hh"].T[None]
+            carry = np.linalg.norm(J, 2, axis=(1, 2)) * nextM.max(axis=1)
+            dzM[t] = np.maximum(dzM[t], carry[:, None] * (fp[t] != 0))
+        nextM = dzM[t]
+    dz = dzM.reshape(T * B, -1)
+    return {"h": hM, "y": yM, "loss": np.asarray(LM),
             "grad_W_hx": dz.T @ a["x"].reshape(T * B, -1),
-            "grad_W_hh": dz.T @ h_prev.reshape(T * B, -1),
+            "grad_W_hh": dz.T @ hprevM.reshape(T * B, -1),
             "grad_b_h": dz.sum(axis=0),
-            "grad_W_yh": dyf.T @ hr.reshape(-1, hr.shape[-1]),
+            "grad_W_yh": dyf.T @ hrM.reshape(-1, hrM.shape[-1]),
             "grad_b_y": dyf.sum(axis=0),
             "grad_x": (dz @ a["W_hx"]).reshape(c["x"].shape),
-            "grad_h0": dz.reshape(T, B, -1)[0] @ a["W_hh"]}
+            "grad_h0": dzM[0] @ a["W_hh"] if T else None}
 
 
 def gpu_emulation_outputs(case: dict, bits: int = 10) -> dict:
@@ -4024,8 +4054,8 @@ def diagnose(cases) -> tuple:
 
 # --- Surveying a backend's margins ------------------------------------------------------
 
-def survey_backend(against, n_seeds: int, *, tier="float32", specs=FIXTURE_CASES,
-                   timeout: float = VERIFY_TIMEOUT, out=None) -> dict:
+def survey_backend(against, n_seeds: int, *, tier="float32", dtypes=None,
+                   specs=FIXTURE_CASES, timeout: float = VERIFY_TIMEOUT, out=None) -> dict:
     """Run the backend on fresh cases of every spec in both dtypes for base seeds 0 ..
     n_seeds - 1 (nothing written) and print, per dtype, the worst err / tol under the
     tiers (float32 cases under ``tier``): a backend has room when it is well below 1.
@@ -4033,7 +4063,8 @@ def survey_backend(against, n_seeds: int, *, tier="float32", specs=FIXTURE_CASES
     out = sys.stdout if out is None else out
     if not hasattr(out, "write"):
         raise TypeError(f"out must be a text stream, got {type(out).__name__}")
-    tiers = _tiers_for(("float64", "float32"), tier, None, None)
+    dtypes = _selected(dtypes)
+    tiers = _tiers_for(dtypes, tier, None, None)
     n_seeds = _check_size("n_seeds", n_seeds)
     if not isinstance(specs, (tuple, list)) or not specs:
         raise TypeError(f"specs must be a non-empty tuple of CaseSpecs, got {_short(specs)}")
@@ -4041,8 +4072,8 @@ def survey_backend(against, n_seeds: int, *, tier="float32", specs=FIXTURE_CASES
         _check_case_spec(sp)
     backend, stats = _Backend(_target_text(against), _check_timeout(timeout)), {}
     try:
-        for dtype in ("float64", "float32"):
-            worst, n, n_bad = 0.0, 0, 0
+        for dtype in dtypes:
+            worst, n, n_bad, where = 0.0, 0, 0, ""
             for seed in range(n_seeds):
                 for spec in specs:
                     s = dataclasses_replace(spec, dtype=dtype)
@@ -4051,14 +4082,16 @@ def survey_backend(against, n_seeds: int, *, tier="float32", specs=FIXTURE_CASES
                     if r.status == "error" or any(t.ratio is None for t in r.tensors):
                         raise ValueError(f"{s.name} with base seed {seed}: "
                                          f"{r.problem or r.table()}")
-                    worst = max([worst] + [t.ratio for t in r.tensors])
+                    for t in r.tensors:
+                        if t.ratio > worst:
+                            worst, where = t.ratio, f"{t.name} of {s.name}, base seed {seed}"
                     n, n_bad = n + 1, n_bad + (not r.ok)
             stats[dtype] = (worst, n, n_bad)
             print(f"{dtype}: {n} cases, worst err/tol {worst:.3g} under the "
                   f"{tiers[dtype].name} tier (rtol {tiers[dtype].rtol:g}, floor "
                   f"{tiers[dtype].floor:g}; margin "
-                  f"{1 / worst if worst else float('inf'):.3g}x), {n_bad} failed",
-                  file=out)
+                  f"{1 / worst if worst else float('inf'):.3g}x), {n_bad} failed"
+                  + (f"; worst: {where}" if where else ""), file=out)
     finally:
         backend.close()
     return stats
@@ -4141,7 +4174,7 @@ def _cmd_export_fixtures(args) -> int:
 def _cmd_survey(args) -> int:
     try:
         stats = survey_backend(args.against, args.seeds, tier=args.tier,
-                               timeout=args.timeout)
+                               dtypes=args.dtypes, timeout=args.timeout)
     except (TypeError, ImportError) as e:
         raise UsageError(str(e)) from None
     except ValueError as e:
@@ -4202,6 +4235,7 @@ def add_verification_commands(sub, parents=()) -> None:
     s.add_argument("--against", required=True, metavar="MODULE:FUNCTION")
     s.add_argument("--seeds", type=int, default=20, help="base seeds (default 20)")
     s.add_argument("--tier", default="float32", choices=DTYPE_TIERS["float32"])
+    s.add_argument("--dtypes", default="float64,float32", metavar="LIST")
     s.add_argument("--timeout", type=float, default=VERIFY_TIMEOUT, metavar="S")
     s.set_defaults(func=_cmd_survey)
 
