@@ -54,7 +54,9 @@ Conventions
 Sections, in reading order: initialisers, forward, backward (BPTT), losses, optimiser,
 analysis (the paper's dynamical-systems argument), validation (the argument checks every
 public function runs first, and the checks of its results), backend bridge (PyTorch
-weight names, golden fixtures, the checker).
+weight names, the fixture file format, compare), and the verification kit (cases, tiers,
+the backend runner, fixtures, differential testing, diagnoses, reports and the
+``nprnn-ref`` command line: everything a team checking its own backend needs).
 """
 
 from __future__ import annotations

@@ -1576,16 +1576,23 @@ def test_fixtures_agree_with_the_per_step_path_well_inside_the_tier(golden):
 
 def test_float64_fixture_gradients_match_central_differences(golden):
     """Every stored float64 gradient of the parameters and h0, and a sample of grad_x,
-    against central differences of the loss (eps 1e-6; the ReLU margin of 1e-3 keeps
-    every kink out of reach). Pass: |fd - g| <= 1e-8 + 1e-6 |g|. The quotient's rounding
-    error is about |L| u / eps <= 5 * 1.1e-16 / 1e-6 ~ 5e-10 (losses here are below 5),
-    its truncation error O(eps^2) ~ 1e-12; a wrong gradient is off by O(|g|)."""
+    against central differences of the loss (eps 1e-6; the ReLU margin, every |z| at
+    least 1e-3 of the largest, about 1e-3 here, keeps every kink out of reach). Pass:
+    |fd - g| <= 1e-8 + 1e-6 |g|. The quotient's rounding error is about |L| u / eps <=
+    10 * 1.1e-16 / 1e-6 ~ 1e-9 (losses here are below 10), its truncation error O(eps^2)
+    ~ 1e-12; a wrong gradient is off by O(|g|). Cases at unit scales only (a fixed step
+    and an absolute floor mean nothing at 1e-8 or 1e4) and without exact-zero
+    pre-activations (there the quotient straddles the kink: 1/2, not ReLU'(0) = 0)."""
+    # Catches: stored gradients that are not the derivative of the stored loss, wrong
+    # alike in every path that shares the conventions (the per-step path, torch).
     _, cases = golden
     eps = 1e-6
-    n_checked = 0
-    for e, c in cases:
-        if c["x"].dtype != np.float64 or c["x"].shape[0] > 20:
+    n_checked = n_cases = 0
+    for e, s, c in cases:
+        if s.dtype != "float64" or s.T > 20 or s.zeros or (s.scale, s.w_scale) != (1, 1):
             continue
+        n_cases += 1
+        assert abs(float(c["loss"])) < 10, s.name
         conv = {"loss": str(c["loss_kind"]), "output": str(c["output"]),
                 "nonlinearity": str(c["nonlinearity"])}
 
@@ -1602,28 +1609,45 @@ def test_float64_fixture_gradients_match_central_differences(golden):
             for idx in idxs:
                 fd = (loss_at(name, idx, eps) - loss_at(name, idx, -eps)) / (2 * eps)
                 assert abs(fd - g[idx]) <= 1e-8 + 1e-6 * abs(g[idx]), \
-                    (e["name"], name, idx, fd, g[idx])
+                    (s.name, name, idx, fd, g[idx])
                 n_checked += 1
-    assert n_checked > 300
+    assert n_cases >= 8 and n_checked > 300
 
 
-def test_reference_reproduces_its_own_fixtures_exactly(golden):
+def test_reference_reproduces_its_own_fixtures(golden):
+    """fixture_outputs, the function verify-fixtures is usually first pointed at, on each
+    case's inputs: float64 cases exactly (the same float64 arithmetic wrote them); float32
+    cases within the float32 tier (the fixtures hold float64 results rounded once,
+    fixture_outputs computes in float32)."""
+    # Catches: a drift between the export's arithmetic and the public fixture_outputs,
+    # and a float32 tier too tight for the reference's own float32 path.
     _, cases = golden
-    for e, c in cases:
-        report = nr.compare(_expected(c), nr.fixture_outputs(_inputs(c)), 0.0, 0.0)
-        assert report.ok, f"{e['name']}\n{report}"
+    for _, s, c in cases:
+        out = nr.fixture_outputs(_inputs(c))
+        results = nr.check_case(c, out, s.dtype)
+        assert all(t.ok for t in results), _table(s, results)
+        if s.dtype == "float64":
+            for k in nr.FIXTURE_OUTPUT_KEYS:
+                np.testing.assert_array_equal(out[k], c[k], err_msg=f"{s.name} {k}")
 
 
-def test_torch_example_from_the_readme_passes_every_fixture(fixture_dir):
-    pytest.importorskip("torch", reason="the PyTorch example needs torch "
-                        "(pip install torch); skipped without it")
-    out = io.StringIO()
-    assert tasks.verify_fixtures(fixture_dir, torch_backend, out=out), out.getvalue()
-    assert out.getvalue().rstrip().endswith(f"{len(tasks.FIXTURE_CASES)}/"
-                                            f"{len(tasks.FIXTURE_CASES)} cases passed")
+def test_torch_example_passes_every_fixture(fixture_dir):
+    # Catches: fixtures that disagree with an independent implementation (torch.nn.RNN
+    # and autograd) or with the conventions the docs promise (torch's two biases, its
+    # mean reductions, ReLU'(0) = 0), and a broken example in docs/examples.
+    against = _torch_example()
+    report = nr.verify_fixtures(fixture_dir, against, timeout=30)
+    assert report.ok, report.text()
+    assert [c.name for c in report.cases] == [s.name for s in nr.FIXTURE_CASES]
+    assert {c.dtype: c.tier for c in report.cases} == {"float64": "float64",
+                                                       "float32": "float32"}
+    assert report.text() == report.summary() and report.summary().startswith(
+        f"PASS: {len(nr.FIXTURE_CASES)}/{len(nr.FIXTURE_CASES)} fixture cases passed")
 
 
 def test_torch_state_dict_loads_into_torch_rnn_and_back():
+    # Catches: state-dict names or shapes that torch.nn.RNN (strict loading) and its
+    # Linear read-out do not accept, and a round trip that changes a value.
     torch = pytest.importorskip("torch", reason="needs torch (pip install torch)")
     params = nr.init_params(3, 4, 2, "tanh", np.random.default_rng(1))
     params["b_h"] = np.arange(4.0)
@@ -1639,94 +1663,145 @@ def test_torch_state_dict_loads_into_torch_rnn_and_back():
 
 # --- the checker catches what it must ----------------------------------------------------
 
-def _failing(report):
-    return {c.name for c in report.failures()}
-
-
 def _run_bug(golden, bug):
-    m, cases = golden
-    return [(e, c, nr.compare(_expected(c), loop_backend(_inputs(c), bug=bug), *_tol(m, c)))
-            for e, c in cases]
+    """[(spec, case, check_case results)]: loop_backend with ``bug``, in each case's own
+    dtype, checked with that dtype's tier (without a bug every case passes: see
+    test_float32_per_step_path_passes_the_float32_tier and the per-step oracle above)."""
+    _, cases = golden
+    return [(s, c, nr.check_case(c, loop_backend(_inputs(c), bug=bug), s.dtype))
+            for _, s, c in cases]
 
 
 def test_checker_catches_a_transposed_W_hh(golden):
     """A backend that applies W_hh^T where W_hh belongs computes a different function only
-    when W_hh is not symmetric. np_init and the (scaled) identity are symmetric, so only
-    the orthogonal (tanh, ornn) and Gaussian (nrnn, grnn) W_hh can show the mistake, and
-    there it shows in h."""
-    n_caught = 0
-    for e, c, r in _run_bug(golden, "transposed_W_hh"):
+    when W_hh is not symmetric. np_init and the (scaled) identity are symmetric, so the
+    orthogonal (tanh, ornn), Gaussian (nrnn, grnn) and nonsym W_hh carry the test, and
+    there the mistake shows in h and grad_W_hh. Symmetry is read from the numbers and
+    must agree with CaseSpec.symmetric_w_hh, which the diagnoses rely on."""
+    # Catches: a checker or fixture set blind to W_hh^T h_{t-1}, in either dtype.
+    n_caught = {(f, dt): 0 for f in nr.NONLINEARITIES for dt in ("float64", "float32")}
+    mislabelled = []
+    for s, c, r in _run_bug(golden, "transposed_W_hh"):
         symmetric = np.array_equal(c["W_hh"], c["W_hh"].T)
-        assert symmetric == (e["scheme"] in ("np", "np-tanh", "irnn", "i-rnn")), e["name"]
-        assert r.ok == symmetric, e["name"]
-        if not symmetric:
-            n_caught += 1
-            assert {"h", "grad_W_hh"} <= _failing(r), e["name"]
-    assert n_caught >= 3
+        if symmetric != s.symmetric_w_hh:
+            mislabelled.append(s.name)
+        if symmetric:
+            assert all(t.ok for t in r), _table(s, r)    # W_hh^T = W_hh: nothing to catch
+        else:
+            st = _statuses(r)
+            assert st["h"] == st["grad_W_hh"] == "fail", _table(s, r)
+            n_caught[s.nonlinearity, s.dtype] += 1
+    assert all(n >= 1 for n in n_caught.values()), n_caught
+    assert mislabelled == [], ("CaseSpec.symmetric_w_hh is True for these non-symmetric "
+                               f"W_hh: {mislabelled}")
 
 
 def test_checker_catches_a_bias_mapped_into_both_torch_biases(golden):
-    """Swapped/mis-mapped biases: b_h copied into bias_ih_l0 and bias_hh_l0 (net 2 b_h)."""
-    for e, c, r in _run_bug(golden, "double_bias"):
-        assert {"h", "y", "loss"} <= _failing(r), e["name"]
+    """b_h copied into bias_ih_l0 and bias_hh_l0 (net 2 b_h): the forward pass fails
+    wherever b_h is not 0; the zeros cases (b_h = 0) cannot show it and pass."""
+    # Catches: a checker blind to a mis-mapped torch bias.
+    n_caught = n_blind = 0
+    for s, c, r in _run_bug(golden, "double_bias"):
+        if np.any(c["b_h"] != 0):
+            st = _statuses(r)
+            assert st["h"] == st["y"] == st["loss"] == "fail", _table(s, r)
+            n_caught += 1
+        else:
+            assert all(t.ok for t in r), _table(s, r)
+            n_blind += 1
+    assert n_caught >= 20 and n_blind >= 1
 
 
 def test_checker_reports_swapped_bias_gradients_as_shape_mismatches(golden):
-    for e, c, r in _run_bug(golden, "swapped_grad_biases"):
-        status = {ch.name: ch.status for ch in r.checks}
-        assert status["grad_b_h"] == status["grad_b_y"] == "shape", e["name"]
-        assert _failing(r) == {"grad_b_h", "grad_b_y"}
-        assert "expected shape" in str(r)
+    # Catches: a checker that compares arrays of different shapes by broadcasting, or
+    # reports every tensor when two are swapped (H != O in every case).
+    for s, c, r in _run_bug(golden, "swapped_grad_biases"):
+        st = _statuses(r)
+        assert st["grad_b_h"] == st["grad_b_y"] == "shape", _table(s, r)
+        assert _failing(r) == {"grad_b_h", "grad_b_y"}, _table(s, r)
+        d = {t.name: t.detail for t in r}
+        assert d["grad_b_h"] == f"expected shape ({s.H},), got ({s.O},)"
 
 
 def test_checker_catches_a_relu_mask_from_the_wrong_step(golden):
-    """Caught in every relu case whose mask changes from one step to the next. In the
-    i-rnn cases (W_hh = 0.01 I) no unit changes sign after the first step and the gradient
-    reaching step 1 is scaled by 0.01^(T-1), so there the mistake changes nothing
-    measurable; tanh has no mask at all."""
+    """The mistake uses [h_{t-1} > 0] (h_0 = h0) as step t's mask, so it changes something
+    exactly where a unit's mask differs between consecutive states: there the checker
+    must fail the gradients (the per-step scale catches it even in the i-rnn cases, whose
+    gradient fades by 0.01 per step); where no mask differs, and for tanh (no mask),
+    every tensor must pass."""
+    # Catches: a checker blind to a ReLU mask taken from the wrong step, and one that
+    # flags the forward pass for a backward-only mistake.
     n_caught = 0
-    for e, c, r in _run_bug(golden, "mask_wrong_step"):
-        assert not {"h", "y", "loss"} & _failing(r)      # the forward pass is right
-        mask = c["h"] > 0
-        if str(c["nonlinearity"]) == "relu" and np.any(mask[1:] != mask[:-1]):
+    for s, c, r in _run_bug(golden, "mask_wrong_step"):
+        st = _statuses(r)
+        assert st["h"] == st["y"] == st["loss"] == "pass", _table(s, r)
+        masks = np.concatenate([c["h0"][None], c["h"]]) > 0
+        if s.nonlinearity == "relu" and np.any(masks[1:] != masks[:-1]):
             n_caught += 1
-            assert not r.ok and all(n.startswith("grad_") for n in _failing(r)), e["name"]
-        elif str(c["nonlinearity"]) == "tanh":
-            assert r.ok, e["name"]
-    assert n_caught >= 4
+            assert _failing(r) and all(n.startswith("grad_") and st[n] == "fail"
+                                       for n in _failing(r)), _table(s, r)
+        else:
+            assert all(t.ok for t in r), _table(s, r)
+    assert n_caught >= 15
 
 
 def test_checker_catches_a_dh_not_carried_between_steps(golden):
-    for e, c, r in _run_bug(golden, "dh_not_carried"):
-        assert not {"h", "y", "loss"} & _failing(r)
-        if c["x"].shape[0] == 1:
-            assert r.ok, e["name"]                        # nothing to carry
+    # Catches: a checker blind to BPTT that drops W_hh^T delta_{t+1} (T = 1 has nothing
+    # to carry, so there every tensor must pass).
+    for s, c, r in _run_bug(golden, "dh_not_carried"):
+        st = _statuses(r)
+        assert st["h"] == st["y"] == st["loss"] == "pass", _table(s, r)
+        if s.T == 1:
+            assert all(t.ok for t in r), _table(s, r)
         else:
-            assert "grad_W_hh" in _failing(r), e["name"]
+            assert st["grad_W_hh"] == st["grad_x"] == "fail", _table(s, r)
 
 
-def test_float32_rounding_passes_float32_tolerances_but_not_float64_ones(golden):
-    m, cases = golden
-    t32, t64 = m["tolerances"]["float32"], m["tolerances"]["float64"]
-    for e, c in cases:
-        if c["x"].dtype != np.float64:
+def test_float32_rounding_passes_the_float32_tier_but_not_the_float64_one(golden):
+    """Each float64 case's expected outputs rounded to float32 (and returned as float64):
+    within the float32 tier's rtol and floor (rounding costs at most 2^-24 of each value,
+    so of its scale), outside the float64 tier. Returned as float32 they fail on dtype."""
+    # Catches: a float64 tier loose enough to pass float32 arithmetic (a backend that
+    # computes float64 cases in float32 would pass), tiers in the wrong order, and a
+    # checker that accepts another dtype than the case's.
+    t32 = nr.TIERS["float32"]
+    like_float32 = nr.Tier("float32 on float64 data", "float64", t32.rtol, t32.floor,
+                           "the float32 tier's rtol and floor, for float64 cases")
+    _, cases = golden
+    n = 0
+    for _, s, c in cases:
+        if s.dtype != "float64":
             continue
-        exp = _expected(c)
-        rounded = {k: v.astype(np.float32) for k, v in exp.items()}
-        assert nr.compare(exp, rounded, t32["rtol"], t32["atol"]).ok, e["name"]
-        assert not nr.compare(exp, rounded, t64["rtol"], t64["atol"]).ok, e["name"]
+        n += 1
+        rounded = {k: c[k].astype(np.float32).astype(np.float64)
+                   for k in nr.FIXTURE_OUTPUT_KEYS}
+        assert all(t.ok for t in nr.check_case(c, rounded, like_float32)), s.name
+        r = nr.check_case(c, rounded, "float64")
+        assert _failing(r) and all(t.status in ("pass", "fail") for t in r), _table(s, r)
+        as32 = {k: v.astype(np.float32) for k, v in rounded.items()}
+        assert set(_statuses(nr.check_case(c, as32, "float64")).values()) == {"dtype"}
+    assert n >= 15
 
 
-def test_float32_loop_on_float64_cases_within_float32_tolerances(golden):
-    """A whole float32 computation of the short float64 cases (inputs rounded too) stays
-    within the float32 tolerances."""
-    m, cases = golden
-    t32 = m["tolerances"]["float32"]
-    for e, c in cases:
-        if c["x"].dtype == np.float64 and c["x"].shape[0] <= 20:
-            out = loop_backend(_inputs(c), dtype=np.float32)
-            report = nr.compare(_expected(c), out, t32["rtol"], t32["atol"])
-            assert report.ok, f"{e['name']}\n{report}"
+def test_float32_per_step_path_passes_the_float32_tier(golden):
+    """The per-step path computing in float32 from the float32 inputs (a genuine float32
+    backend) passes every float32 case, with room to spare; float32 cases cannot be
+    checked with the float64 tier."""
+    # Catches: a float32 tier (or float32 expected values) that a correct float32 backend
+    # cannot meet, e.g. expected values computed in float32 along another order of sums.
+    _, cases = golden
+    n = 0
+    for _, s, c in cases:
+        if s.dtype != "float32":
+            continue
+        n += 1
+        out = loop_backend(_inputs(c))
+        assert {v.dtype for v in out.values()} == {np.dtype(np.float32)}, s.name
+        r = nr.check_case(c, out, "float32")
+        assert all(t.ok for t in r) and max(t.ratio for t in r) < 0.1, _table(s, r)
+        with pytest.raises(ValueError, match="tier 'float64' checks float64 cases"):
+            nr.check_case(c, out, "float64")
+    assert n >= 8
 
 
 # --- the loader: damaged and foreign files -----------------------------------------------
@@ -1755,8 +1830,8 @@ DAMAGES = {
     "unexpected key": (lambda src, dst: _rewrite(src, dst, _set("extra", np.zeros(2))),
                        "unexpected keys extra"),
     "other version": (lambda src, dst: _rewrite(src, dst, _set("format_version",
-                                                               np.array(2))),
-                      "format_version is array\\(2\\), this reader understands 1"),
+                                                               np.array(1))),
+                      "format_version is array\\(1\\), this reader understands 2"),
     "pickled object": (lambda src, dst: np.savez(dst, x=np.array([{}], dtype=object)),
                        "cannot read.*pickle"),
     "wrong shape": (lambda src, dst: _rewrite(src, dst, lambda a: a.__setitem__(
@@ -1772,8 +1847,11 @@ DAMAGES = {
 
 @pytest.mark.parametrize("damage", sorted(DAMAGES))
 def test_load_fixture_rejects_damaged_or_foreign_files(fixture_dir, golden, tmp_path, damage):
+    # Catches: a loader that unpickles, reads a damaged or foreign file as a case, or
+    # fails with an error that does not name the problem.
     m, _ = golden
-    src = fixture_dir / next(c["file"] for c in m["cases"] if c["dtype"] == "float64")
+    src = fixture_dir / next(e["file"] for e in m["cases"]
+                             if e["spec"]["dtype"] == "float64")
     dst = tmp_path / "case.npz"
     make, message = DAMAGES[damage]
     make(src, dst)
@@ -1790,35 +1868,73 @@ def _copy_dir(src, dst):
 
 
 def test_load_fixture_names_a_missing_file(tmp_path):
+    # Catches: a missing file reported as a damaged one (or as a bare OSError).
     with pytest.raises(FileNotFoundError, match="does not exist"):
         nr.load_fixture(tmp_path / "nope.npz")
 
 
-def test_verify_fixtures_fails_a_case_whose_file_was_damaged(fixture_dir, tmp_path, capsys):
+def _case_statuses(report):
+    return {c.name: c.status for c in report.cases}
+
+
+def test_verify_fixtures_fails_a_case_whose_file_was_damaged(fixture_dir, tmp_path):
+    """One damaged file: its case is an error that names the file, and every other case
+    still runs and passes. The backend is this module's loop_backend, passed as a
+    function (verify_fixtures imports it by name in its own process)."""
+    # Catches: a damaged fixture skipped silently, counted as a pass, or ending the run.
     d = _copy_dir(fixture_dir, tmp_path / "copy")
-    m = json.loads((d / "manifest.json").read_text())
-    victim = d / m["cases"][0]["file"]
+    spec = nr.FIXTURE_CASES[0]
+    victim = d / (spec.name + ".npz")
     b = bytearray(victim.read_bytes())
     b[-30] ^= 0x01                                       # inside the zip's directory
     victim.write_bytes(bytes(b))
-    assert tasks.main(["verify-fixtures", str(d), "--against",
-                       "nprnn_ref:fixture_outputs"]) == 1
-    out = capsys.readouterr().out
-    assert "cannot use the fixture" in out
-    assert f"{len(m['cases']) - 1}/{len(m['cases'])} cases passed; 1 FAILED" in out
+    report = nr.verify_fixtures(d, loop_backend, timeout=30)
+    assert report.against == "test_nprnn:loop_backend"
+    assert not report.ok and report.problems == ()
+    assert _case_statuses(report) == {s.name: "error" if s == spec else "pass"
+                                      for s in nr.FIXTURE_CASES}
+    bad = report.cases[0]
+    assert str(victim) in bad.problem and "cannot use the fixture" in bad.problem
+    assert bad.tensors == ()                             # nothing was compared with it
+    assert str(victim) in report.text()
+    assert report.summary().startswith(f"FAIL: {len(nr.FIXTURE_CASES) - 1}/"
+                                       f"{len(nr.FIXTURE_CASES)} fixture cases passed")
 
 
-def test_verify_fixtures_detects_an_edited_value_by_its_sha256(fixture_dir, tmp_path, capsys):
-    """A file rewritten with one changed number is a valid fixture, but not the one the
-    manifest lists."""
+def test_verify_fixtures_detects_edited_values_by_recomputing_the_cases(fixture_dir,
+                                                                       tmp_path):
+    """Files rewritten with one changed number are valid fixtures (load_fixture accepts
+    them) but not what the reference computes: each case is an error naming its file and
+    the edited key, whether the edit is gross (loss + 1), tiny (one float64 gradient
+    element times 1 + 1e-8, a hundred times the float64 tier) or in an input (x)."""
+    # Catches: a verifier that trusts the files (an edited expected value fails correct
+    # backends or passes wrong ones), or compares them more loosely than the tier.
     d = _copy_dir(fixture_dir, tmp_path / "copy")
-    m = json.loads((d / "manifest.json").read_text())
-    victim = d / m["cases"][0]["file"]
-    _rewrite(victim, victim, lambda a: a["loss"].__iadd__(1.0) and None)
-    nr.load_fixture(victim)                              # still well formed
-    assert tasks.main(["verify-fixtures", str(d), "--against",
-                       "nprnn_ref:fixture_outputs"]) == 1
-    assert "sha256" in capsys.readouterr().out
+    f64 = [s for s in nr.FIXTURE_CASES if s.dtype == "float64"]
+    f32 = next(s for s in nr.FIXTURE_CASES if s.dtype == "float32")
+
+    def nudge(a):
+        g = a["grad_W_hh"]
+        g.flat[np.argmax(np.abs(g))] *= 1 + 1e-8
+
+    def shift_x(a):
+        a["x"][0, 0, 0] += np.float32(0.5)
+    edits = {f64[0]: ("loss", lambda a: a["loss"].__iadd__(1.0) and None),
+             f64[1]: ("grad_W_hh", nudge), f32: ("x", shift_x)}
+    for s, (_, change) in edits.items():
+        path = d / (s.name + ".npz")
+        _rewrite(path, path, change)
+        nr.load_fixture(path)                            # still well formed
+    report = nr.verify_fixtures(d, "nprnn_ref:fixture_outputs", timeout=30)
+    assert not report.ok
+    assert _case_statuses(report) == {s.name: "error" if s in edits else "pass"
+                                      for s in nr.FIXTURE_CASES}
+    for c in report.cases:
+        if c.status == "error":
+            s = next(s for s in edits if s.name == c.name)
+            assert str(d / (s.name + ".npz")) in c.problem, c.problem
+            assert f"is not what the reference computes for this case: {edits[s][0]} " \
+                "differs" in c.problem, c.problem
 
 
 # --- the torch bridge ---------------------------------------------------------------------
