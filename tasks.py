@@ -2176,8 +2176,8 @@ def create_run_folder(root, spec: PaperRun, choices=()) -> str:
         raise FileExistsError(f"run folder {folder} already exists") from None
     commit, dirty = _code_version()
     meta = {"format": RUN_FORMAT, "spec": spec.to_json(), "commit": commit, "dirty": dirty,
-            "numpy": np.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "choices": list(choices)}
+            "nprnn_ref": nr.__version__, "numpy": np.__version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "choices": list(choices)}
     with _atomic_file(os.path.join(folder, "run.json")) as f:
         json.dump(meta, f, indent=1)
         f.write("\n")
@@ -2185,7 +2185,7 @@ def create_run_folder(root, spec: PaperRun, choices=()) -> str:
 
 
 _META_KINDS = {"format": "str", "spec": "dict", "commit": "str?", "dirty": "bool?",
-               "numpy": "str", "created": "str", "choices": "list"}
+               "nprnn_ref": "str", "numpy": "str", "created": "str", "choices": "list"}
 
 
 def _check_summary(summary, spec, where) -> dict:
@@ -2247,7 +2247,7 @@ def read_run_folder(folder) -> tuple:
                                         "run.json")) from None
     if not isinstance(meta, dict) or meta.get("format") != RUN_FORMAT:
         raise ValueError(f"{path}: format must be {RUN_FORMAT!r}")
-    _check_record(meta, _META_KINDS, path)
+    _check_record(meta, _META_KINDS, path, optional=("nprnn_ref",))  # may be absent
     if not all(isinstance(c, str) for c in meta["choices"]):
         raise ValueError(f"{path}: choices must be a list of strings")
     spec = PaperRun.from_json(meta["spec"], path)

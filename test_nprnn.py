@@ -2093,73 +2093,115 @@ def partial(case):
 
 
 @pytest.mark.parametrize("fn, code, needle", [
-    ("good", 0, "cases passed"),
+    ("good", 0, "PASS: {n}/{n} fixture cases passed against my_backend_mod:good"),
     ("transposed", 1, "grad_W_hh  FAIL"),
-    ("raises", 1, "the function raised RuntimeError: backend exploded"),
+    ("raises", 1, "ERROR: the function raised RuntimeError: backend exploded"),
     ("not_a_dict", 1, "must return a dict"),
     ("partial", 1, "grad_h0    MISSING"),
+    ("needs_a_package", 1, "the function raised ModuleNotFoundError: No module named "
+     "'surely_not_an_installed_package_xyz'"),
 ])
 def test_verify_fixtures_exit_status_and_report(fixture_dir, tmp_path, monkeypatch, capsys,
                                                 fn, code, needle):
+    # Catches: a wrong exit status (CI would pass a failing backend), a pass that prints
+    # more than its one summary line, a failure without the table or reason that
+    # locates it.
+    needle = needle.format(n=len(nr.FIXTURE_CASES))
     (tmp_path / "my_backend_mod.py").write_text(BACKEND_FILE)
     monkeypatch.chdir(tmp_path)                          # MODULE importable from cwd
     monkeypatch.syspath_prepend(str(tmp_path))
     assert tasks.main(["verify-fixtures", str(fixture_dir), "--against",
-                       f"my_backend_mod:{fn}"]) == code
+                       f"my_backend_mod:{fn}", "--timeout", "30"]) == code
     out = capsys.readouterr().out
     assert needle in out
-    n = len(tasks.FIXTURE_CASES)
-    assert (f"{n}/{n} cases passed" in out) == (code == 0)
+    lines = out.splitlines()
+    if code == 0:
+        assert len(lines) == 1 and lines[0].startswith("PASS: "), out
+    else:
+        assert len(lines) > 1 and lines[-1].startswith("FAIL: ") and "PASS" not in out
 
 
 def test_verify_fixtures_takes_a_file_path_and_reports_usage_errors(fixture_dir, tmp_path,
                                                                     capsys):
+    """Usage errors (exit 2, one line on stderr, no case run): an against that is not
+    MODULE:FUNCTION, a DIR without manifest.json, a DIR of format version 1 (the message
+    gives the re-export command). A backend that cannot be loaded is not a usage error
+    but a failed run (exit 1): every case an error with the reason."""
+    # Catches: usage errors reported as failures or passes, a format-1 directory checked
+    # with the wrong rules instead of refused, and import problems that pass or crash.
     path = tmp_path / "backend_by_path.py"
     path.write_text(BACKEND_FILE)
-    assert tasks.main(["verify-fixtures", str(fixture_dir), "--against",
-                       f"{path}:good"]) == 0
+    run = (lambda d, against: tasks.main(["verify-fixtures", str(d), "--against", against,
+                                          "--timeout", "30"]))
+    assert run(fixture_dir, f"{path}:good") == 0
     capsys.readouterr()
-    for against, needle in [("no_colon", "MODULE:FUNCTION"),
-                            ("surely_not_a_module_xyz:f", "cannot import"),
+    old = tmp_path / "old"
+    old.mkdir()
+    manifest = json.loads((fixture_dir / "manifest.json").read_text())
+    (old / "manifest.json").write_text(json.dumps(dict(manifest, format_version=1)))
+    for d, against, needles in [
+            (fixture_dir, "no_colon", ["MODULE:FUNCTION"]),
+            (fixture_dir, f"{path}:", ["MODULE:FUNCTION"]),
+            (tmp_path, f"{path}:good", ["manifest.json does not exist"]),
+            (old, f"{path}:good", ["format version 1", "export-fixtures", "--force",
+                                   str(old)])]:
+        assert run(d, against) == 2, against
+        out, err = capsys.readouterr()
+        assert out == "" and len(err.splitlines()) == 1, err
+        assert all(n in err for n in needles), err
+    for against, needle in [("surely_not_a_module_xyz:f", "cannot import"),
                             (f"{path}:missing_fn", "has no function 'missing_fn'"),
                             (f"{tmp_path / 'nope.py'}:f", "no such file")]:
-        assert tasks.main(["verify-fixtures", str(fixture_dir), "--against", against]) == 2
-        assert needle in capsys.readouterr().err, against
-    assert tasks.main(["verify-fixtures", str(fixture_dir), "--against",
-                       f"{path}:needs_a_package"]) == 2
-    assert "pip install surely_not_an_installed_package_xyz" in capsys.readouterr().err
-    assert tasks.main(["verify-fixtures", str(tmp_path), "--against", f"{path}:good"]) == 2
-    assert "manifest.json does not exist" in capsys.readouterr().err
+        assert run(fixture_dir, against) == 1, against
+        out = capsys.readouterr().out
+        assert out.count(needle) >= len(nr.FIXTURE_CASES), out
+        assert out.splitlines()[-1].startswith(f"FAIL: 0/{len(nr.FIXTURE_CASES)}")
 
 
 def test_verify_fixtures_tolerance_overrides(fixture_dir, tmp_path, capsys):
-    """Rounding every output to float32 passes at the float32 tolerances but fails the
-    float64 cases at theirs: the command uses the manifest's per-dtype values unless told
-    otherwise."""
-    path = tmp_path / "rounded.py"
-    path.write_text("import numpy as np\nimport nprnn_ref as nr\n"
-                    "def run(case):\n"
-                    "    return {k: np.asarray(v, np.float32) for k, v in "
-                    "nr.fixture_outputs(case).items()}\n")
-    assert tasks.main(["verify-fixtures", str(fixture_dir), "--against", f"{path}:run"]) == 1
-    assert tasks.main(["verify-fixtures", str(fixture_dir), "--against", f"{path}:run",
-                       "--rtol", "1e-4", "--atol", "1e-5"]) == 0
-    assert "rtol=0.0001, atol=1e-05" in capsys.readouterr().out
+    """--rtol may tighten a tier, never loosen it: the reference's float32 path passes
+    the float32 cases at the tier and fails them at rtol 1e-9; on its own float64 cases
+    it is exact, so rtol 0 passes; a looser --rtol or --atol is a usage error."""
+    # Catches: an --rtol that is ignored, applied to the wrong dtype, or able to loosen a
+    # tier (a looser tolerance would let a wrong backend pass).
+    path = tmp_path / "backend.py"
+    path.write_text(BACKEND_FILE)
+    base = ["verify-fixtures", str(fixture_dir), "--against", f"{path}:good", "--timeout",
+            "30"]
+    f32 = base + ["--dtypes", "float32"]
+    assert tasks.main(f32) == 0
+    capsys.readouterr()
+    assert tasks.main(f32 + ["--rtol", "1e-9"]) == 1
+    out = capsys.readouterr().out
+    n32 = sum(s.dtype == "float32" for s in nr.FIXTURE_CASES)
+    assert out.splitlines()[-1].startswith(f"FAIL: 0/{n32} fixture cases passed")
+    assert "float32 (rtol 1e-09) tier" in out
+    assert tasks.main(base + ["--dtypes", "float64", "--rtol", "0"]) == 0
+    assert "float64 (rtol 0) tier" in capsys.readouterr().out
+    for extra in (["--rtol", "1e-3"], ["--atol", "1e-30"]):
+        assert tasks.main(f32 + extra) == 2, extra
+        out, err = capsys.readouterr()
+        assert out == "" and "may only tighten the float32 tier" in err, err
 
 
 def test_survey_separates_a_correct_backend_from_a_buggy_one():
-    """survey-fixtures (how the tolerances were checked) draws fresh cases in memory."""
+    """survey-fixtures (how the tiers were checked) draws fresh cases in memory, in both
+    dtypes, under each dtype's tier."""
+    # Catches: a survey that reports margins without running the cases, mixes up the
+    # dtypes, or lets a contract violation through as a number.
     out = io.StringIO()
-    good = tasks.survey_backend(loop_backend, 2, specs=tasks.FIXTURE_CASES[:4], out=out)
-    assert {dt: n for dt, (_, _, n) in good.items()} == {"float64": 8, "float32": 8}
-    assert all(0 < w < 1 for _, w, _ in good.values())
-    bad = tasks.survey_backend(lambda c: loop_backend(c, bug="double_bias"), 1,
-                               specs=tasks.FIXTURE_CASES[:2], out=out)
-    assert all(w > 1 for _, w, _ in bad.values())
+    good = nr.survey_backend(loop_backend, 1, specs=nr.FIXTURE_CASES[:4], out=out,
+                             timeout=30)
+    assert {dt: (n, n_bad) for dt, (_, n, n_bad) in good.items()} == {
+        "float64": (4, 0), "float32": (4, 0)}
+    assert all(0 < w < 1 for w, _, _ in good.values()), good
+    bad = nr.survey_backend(_loop_backend_double_bias, 1, specs=nr.FIXTURE_CASES[:2],
+                            out=out, timeout=30)
+    assert all(w > 1 and n_bad == n == 2 for w, n, n_bad in bad.values()), bad
     assert "margin" in out.getvalue()
     with pytest.raises(ValueError, match="expected shape"):
-        tasks.survey_backend(lambda c: loop_backend(c, bug="swapped_grad_biases"), 1,
-                             specs=tasks.FIXTURE_CASES[:1], out=out)
+        nr.survey_backend(_loop_backend_swapped_grad_biases, 1,
+                          specs=nr.FIXTURE_CASES[:1], out=out, timeout=30)
 
 # ---------------------------------------------------------------------------------------
 # Analysis: the 2-node picture, np_init under the zero-input ReLU map, gradient flow,
