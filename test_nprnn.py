@@ -1272,6 +1272,7 @@ def test_readme_training_loop_runs_and_takes_the_nonlinearity_from_the_scheme():
     # The README's first Python block, run as written (200 SGD steps on the adding
     # problem), then once more for a tanh scheme: the loop must pass the scheme's
     # nonlinearity, never a hard-coded one.
+    # Catches: a README example that no longer runs, or trains tanh schemes with ReLU.
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "README.md")
     with open(path) as f:
         text = f.read()
@@ -1299,7 +1300,7 @@ def golden(fixture_dir):
                for e in m["cases"]]
 
 
-def _statuses(results):
+def _tensor_statuses(results):
     """{tensor: status} of check_case's results."""
     return {t.name: t.status for t in results}
 
@@ -1328,7 +1329,7 @@ def test_export_writes_one_npz_per_case_with_exactly_the_fixture_keys(fixture_di
     # Catches: a missing, extra or misnamed file, a missing or extra key, and arrays whose
     # shapes, dtypes or conventions are not those of the spec the manifest lists (the
     # expected shapes are written out here from the spec's T, B, D, H, O).
-    m, cases = golden
+    _, cases = golden
     assert [s for _, s, _ in cases] == list(nr.FIXTURE_CASES)
     assert sorted(p.name for p in fixture_dir.iterdir()) == sorted(
         [s.name + ".npz" for s in nr.FIXTURE_CASES] + ["manifest.json"])
@@ -1363,8 +1364,9 @@ def test_fixture_set_covers_every_required_combination(fixture_dir, golden):
     # 1 (broadcasting, squeezing), D = H = O (transposed shapes that still fit), a
     # symmetric W_hh only (W_hh applied transposed), no exact-zero ReLU pre-activation
     # (ReLU'(0)), unit scales only (absolute thresholds, clipping), short sequences only
-    # (gradients that fade through time). Every property is read from the arrays.
-    m, cases = golden
+    # (gradients that fade through time). Properties are read from the arrays; only the
+    # scheme and the spec's flags (zeros, h0) come from the spec.
+    _, cases = golden
     combos = {(str(c["nonlinearity"]), str(c["loss_kind"]), str(c["output"]))
               for _, _, c in cases}
     assert combos == set(COMBOS)
@@ -1385,6 +1387,7 @@ def test_fixture_set_covers_every_required_combination(fixture_dir, golden):
     assert any(np.abs(c["x"]).max() < 1e-6 for _, _, c in cases)
     assert any(np.abs(c["x"]).max() > 1e3 for _, _, c in cases)
     assert any(s.scheme == "i-rnn" and c["x"].shape[0] >= 40 for _, s, c in cases)
+    unchecked = []                      # gradients identically 0: they check nothing
     for e, s, c in cases:
         D, H, O = c["x"].shape[2], c["W_hh"].shape[0], c["W_yh"].shape[0]
         assert len({D, H, O}) == 3, s.name
@@ -1397,11 +1400,11 @@ def test_fixture_set_covers_every_required_combination(fixture_dir, golden):
         else:
             assert np.all(c["b_h"] != 0), s.name
             assert np.all((c["h0"] != 0) == s.h0), s.name   # h0=False: every h0 is 0
-        for k in nr.FIXTURE_OUTPUT_KEYS:
-            if k.startswith("grad_"):
-                assert np.any(c[k] != 0), (s.name, k)  # every gradient checks something
+        unchecked += [(s.name, k) for k in nr.FIXTURE_OUTPUT_KEYS
+                      if k.startswith("grad_") and not np.any(c[k] != 0)]
     total = sum((fixture_dir / e["file"]).stat().st_size for e, _, _ in cases)
     assert total < 300_000                                # a small set: ~200 KB today
+    assert unchecked == []                  # every gradient of every case checks something
 
 
 def test_every_preactivation_obeys_the_margin_rule(golden):
@@ -1495,7 +1498,7 @@ def test_each_case_depends_only_on_its_own_seed(tmp_path, golden):
     export."""
     # Catches: a generator sharing one random stream across cases, so that adding,
     # removing or reordering a case changes the others.
-    m, cases = golden
+    _, cases = golden
     subset = nr.FIXTURE_CASES[3:5][::-1]
     sub = nr.export_fixtures(tmp_path / "sub", cases=subset)
     full = {e["name"]: (e, c) for e, _, c in cases}
@@ -1672,6 +1675,17 @@ def _run_bug(golden, bug):
             for _, s, c in cases]
 
 
+def _assert_each(rows, expect):
+    """expect(spec, case, statuses) must hold for every row of _run_bug; one message
+    with the table of every case where it does not."""
+    bad = [_table(s, r) for s, c, r in rows if not expect(s, c, _tensor_statuses(r))]
+    assert not bad, f"{len(bad)} case(s):\n" + "\n".join(bad)
+
+
+def _all_pass(st):
+    return set(st.values()) == {"pass"}
+
+
 def test_checker_catches_a_transposed_W_hh(golden):
     """A backend that applies W_hh^T where W_hh belongs computes a different function only
     when W_hh is not symmetric. np_init and the (scaled) identity are symmetric, so the
@@ -1679,44 +1693,34 @@ def test_checker_catches_a_transposed_W_hh(golden):
     there the mistake shows in h and grad_W_hh. Symmetry is read from the numbers and
     must agree with CaseSpec.symmetric_w_hh, which the diagnoses rely on."""
     # Catches: a checker or fixture set blind to W_hh^T h_{t-1}, in either dtype.
-    n_caught = {(f, dt): 0 for f in nr.NONLINEARITIES for dt in ("float64", "float32")}
-    mislabelled = []
-    for s, c, r in _run_bug(golden, "transposed_W_hh"):
-        symmetric = np.array_equal(c["W_hh"], c["W_hh"].T)
-        if symmetric != s.symmetric_w_hh:
-            mislabelled.append(s.name)
-        if symmetric:
-            assert all(t.ok for t in r), _table(s, r)    # W_hh^T = W_hh: nothing to catch
-        else:
-            st = _statuses(r)
-            assert st["h"] == st["grad_W_hh"] == "fail", _table(s, r)
-            n_caught[s.nonlinearity, s.dtype] += 1
-    assert all(n >= 1 for n in n_caught.values()), n_caught
-    assert mislabelled == [], ("CaseSpec.symmetric_w_hh is True for these non-symmetric "
-                               f"W_hh: {mislabelled}")
+    rows = _run_bug(golden, "transposed_W_hh")
+
+    def symmetric(c):
+        return np.array_equal(c["W_hh"], c["W_hh"].T)
+    _assert_each(rows, lambda s, c, st: _all_pass(st) if symmetric(c)     # nothing to catch
+                 else st["h"] == st["grad_W_hh"] == "fail")
+    assert {(s.nonlinearity, s.dtype) for s, c, _ in rows if not symmetric(c)} == {
+        (f, dt) for f in nr.NONLINEARITIES for dt in ("float64", "float32")}
+    mislabelled = [s.name for s, c, _ in rows if symmetric(c) != s.symmetric_w_hh]
+    assert mislabelled == [], ("CaseSpec.symmetric_w_hh disagrees with the numbers: "
+                               f"{mislabelled}")
 
 
 def test_checker_catches_a_bias_mapped_into_both_torch_biases(golden):
     """b_h copied into bias_ih_l0 and bias_hh_l0 (net 2 b_h): the forward pass fails
     wherever b_h is not 0; the zeros cases (b_h = 0) cannot show it and pass."""
     # Catches: a checker blind to a mis-mapped torch bias.
-    n_caught = n_blind = 0
-    for s, c, r in _run_bug(golden, "double_bias"):
-        if np.any(c["b_h"] != 0):
-            st = _statuses(r)
-            assert st["h"] == st["y"] == st["loss"] == "fail", _table(s, r)
-            n_caught += 1
-        else:
-            assert all(t.ok for t in r), _table(s, r)
-            n_blind += 1
-    assert n_caught >= 20 and n_blind >= 1
+    rows = _run_bug(golden, "double_bias")
+    _assert_each(rows, lambda s, c, st: st["h"] == st["y"] == st["loss"] == "fail"
+                 if np.any(c["b_h"] != 0) else _all_pass(st))
+    assert sum(not np.any(c["b_h"]) for _, c, _ in rows) >= 1
 
 
 def test_checker_reports_swapped_bias_gradients_as_shape_mismatches(golden):
     # Catches: a checker that compares arrays of different shapes by broadcasting, or
     # reports every tensor when two are swapped (H != O in every case).
     for s, c, r in _run_bug(golden, "swapped_grad_biases"):
-        st = _statuses(r)
+        st = _tensor_statuses(r)
         assert st["grad_b_h"] == st["grad_b_y"] == "shape", _table(s, r)
         assert _failing(r) == {"grad_b_h", "grad_b_y"}, _table(s, r)
         d = {t.name: t.detail for t in r}
@@ -1726,49 +1730,45 @@ def test_checker_reports_swapped_bias_gradients_as_shape_mismatches(golden):
 def test_checker_catches_a_relu_mask_from_the_wrong_step(golden):
     """The mistake uses [h_{t-1} > 0] (h_0 = h0) as step t's mask, so it changes something
     exactly where a unit's mask differs between consecutive states: there the checker
-    must fail the gradients (the per-step scale catches it even in the i-rnn cases, whose
-    gradient fades by 0.01 per step); where no mask differs, and for tanh (no mask),
-    every tensor must pass."""
+    must fail gradients, and only gradients (the per-step scale catches it even in the
+    i-rnn cases, whose gradient fades by 0.01 per step); where no mask differs, and for
+    tanh (no mask), every tensor must pass."""
     # Catches: a checker blind to a ReLU mask taken from the wrong step, and one that
     # flags the forward pass for a backward-only mistake.
-    n_caught = 0
-    for s, c, r in _run_bug(golden, "mask_wrong_step"):
-        st = _statuses(r)
-        assert st["h"] == st["y"] == st["loss"] == "pass", _table(s, r)
+    rows = _run_bug(golden, "mask_wrong_step")
+
+    def changes(s, c):
         masks = np.concatenate([c["h0"][None], c["h"]]) > 0
-        if s.nonlinearity == "relu" and np.any(masks[1:] != masks[:-1]):
-            n_caught += 1
-            assert _failing(r) and all(n.startswith("grad_") and st[n] == "fail"
-                                       for n in _failing(r)), _table(s, r)
-        else:
-            assert all(t.ok for t in r), _table(s, r)
-    assert n_caught >= 15
+        return s.nonlinearity == "relu" and bool(np.any(masks[1:] != masks[:-1]))
+
+    def caught(st):
+        bad = {k for k, v in st.items() if v != "pass"}
+        return bool(bad) and all(k.startswith("grad_") and st[k] == "fail" for k in bad)
+    _assert_each(rows, lambda s, c, st: caught(st) if changes(s, c) else _all_pass(st))
+    assert sum(changes(s, c) for s, c, _ in rows) >= 15
 
 
 def test_checker_catches_a_dh_not_carried_between_steps(golden):
     # Catches: a checker blind to BPTT that drops W_hh^T delta_{t+1} (T = 1 has nothing
     # to carry, so there every tensor must pass).
-    for s, c, r in _run_bug(golden, "dh_not_carried"):
-        st = _statuses(r)
-        assert st["h"] == st["y"] == st["loss"] == "pass", _table(s, r)
-        if s.T == 1:
-            assert all(t.ok for t in r), _table(s, r)
-        else:
-            assert st["grad_W_hh"] == st["grad_x"] == "fail", _table(s, r)
+    _assert_each(_run_bug(golden, "dh_not_carried"), lambda s, c, st: _all_pass(st)
+                 if s.T == 1 else (st["h"] == st["y"] == st["loss"] == "pass"
+                                   and st["grad_W_hh"] == st["grad_x"] == "fail"))
 
 
 def test_float32_rounding_passes_the_float32_tier_but_not_the_float64_one(golden):
     """Each float64 case's expected outputs rounded to float32 (and returned as float64):
     within the float32 tier's rtol and floor (rounding costs at most 2^-24 of each value,
-    so of its scale), outside the float64 tier. Returned as float32 they fail on dtype."""
+    so of its scale), outside the float64 tier, every tensor that the rounding changed
+    on its own. Returned as float32 they fail on dtype."""
     # Catches: a float64 tier loose enough to pass float32 arithmetic (a backend that
-    # computes float64 cases in float32 would pass), tiers in the wrong order, and a
-    # checker that accepts another dtype than the case's.
+    # computes some float64 tensor in float32 would pass), tiers in the wrong order, and
+    # a checker that accepts another dtype than the case's.
     t32 = nr.TIERS["float32"]
     like_float32 = nr.Tier("float32 on float64 data", "float64", t32.rtol, t32.floor,
                            "the float32 tier's rtol and floor, for float64 cases")
     _, cases = golden
-    n = 0
+    n, passed_anyway = 0, []
     for _, s, c in cases:
         if s.dtype != "float64":
             continue
@@ -1777,10 +1777,16 @@ def test_float32_rounding_passes_the_float32_tier_but_not_the_float64_one(golden
                    for k in nr.FIXTURE_OUTPUT_KEYS}
         assert all(t.ok for t in nr.check_case(c, rounded, like_float32)), s.name
         r = nr.check_case(c, rounded, "float64")
-        assert _failing(r) and all(t.status in ("pass", "fail") for t in r), _table(s, r)
+        assert {t.status for t in r if not t.ok} == {"fail"}, _table(s, r)
+        changed = {k for k in rounded if not np.array_equal(rounded[k], c[k])}
+        assert changed, s.name
+        passed_anyway += [(s.name, k) for k in sorted(changed - _failing(r))]
         as32 = {k: v.astype(np.float32) for k, v in rounded.items()}
-        assert set(_statuses(nr.check_case(c, as32, "float64")).values()) == {"dtype"}
+        assert set(_tensor_statuses(nr.check_case(c, as32, "float64")).values()) == {
+            "dtype"}
     assert n >= 15
+    assert passed_anyway == [], (f"{len(passed_anyway)} tensors rounded to float32 pass "
+                                 f"the float64 tier: {passed_anyway}")
 
 
 def test_float32_per_step_path_passes_the_float32_tier(golden):
@@ -1859,7 +1865,7 @@ def test_load_fixture_rejects_damaged_or_foreign_files(fixture_dir, golden, tmp_
         nr.load_fixture(dst)
 
 
-def _copy_dir(src, dst):
+def _fixture_copy(src, dst):
     """A byte-for-byte copy of a fixture directory, to damage without touching the original."""
     dst.mkdir()
     for p in src.iterdir():
@@ -1882,7 +1888,7 @@ def test_verify_fixtures_fails_a_case_whose_file_was_damaged(fixture_dir, tmp_pa
     still runs and passes. The backend is this module's loop_backend, passed as a
     function (verify_fixtures imports it by name in its own process)."""
     # Catches: a damaged fixture skipped silently, counted as a pass, or ending the run.
-    d = _copy_dir(fixture_dir, tmp_path / "copy")
+    d = _fixture_copy(fixture_dir, tmp_path / "copy")
     spec = nr.FIXTURE_CASES[0]
     victim = d / (spec.name + ".npz")
     b = bytearray(victim.read_bytes())
@@ -1901,21 +1907,29 @@ def test_verify_fixtures_fails_a_case_whose_file_was_damaged(fixture_dir, tmp_pa
                                        f"{len(nr.FIXTURE_CASES)} fixture cases passed")
 
 
-def test_verify_fixtures_detects_edited_values_by_recomputing_the_cases(fixture_dir,
+def test_verify_fixtures_detects_edited_values_by_recomputing_the_cases(fixture_dir, golden,
                                                                        tmp_path):
     """Files rewritten with one changed number are valid fixtures (load_fixture accepts
     them) but not what the reference computes: each case is an error naming its file and
-    the edited key, whether the edit is gross (loss + 1), tiny (one float64 gradient
-    element times 1 + 1e-8, a hundred times the float64 tier) or in an input (x)."""
+    the edited key, whether the edit is gross (loss + 1), just outside the float64 tier
+    (one grad_W_hh element moved by twice the tolerance check_case applies there) or in
+    an input (x)."""
     # Catches: a verifier that trusts the files (an edited expected value fails correct
     # backends or passes wrong ones), or compares them more loosely than the tier.
-    d = _copy_dir(fixture_dir, tmp_path / "copy")
+    d = _fixture_copy(fixture_dir, tmp_path / "copy")
     f64 = [s for s in nr.FIXTURE_CASES if s.dtype == "float64"]
     f32 = next(s for s in nr.FIXTURE_CASES if s.dtype == "float32")
+    c1 = next(c for _, s, c in golden[1] if s == f64[1])
+    t64 = nr.TIERS["float64"]
+    S = next(t.scale for t in nr.check_case(c1, _expected(c1), t64) if t.name == "grad_W_hh")
+    step = 2 * (t64.rtol * S + t64.floor)
+    moved = c1["grad_W_hh"].copy()
+    moved.flat[0] += step
+    assert _tensor_statuses(nr.check_case(c1, dict(_expected(c1), grad_W_hh=moved), t64)
+                            )["grad_W_hh"] == "fail"
 
     def nudge(a):
-        g = a["grad_W_hh"]
-        g.flat[np.argmax(np.abs(g))] *= 1 + 1e-8
+        a["grad_W_hh"].flat[0] += step
 
     def shift_x(a):
         a["x"][0, 0, 0] += np.float32(0.5)
@@ -1942,6 +1956,7 @@ def test_verify_fixtures_detects_edited_values_by_recomputing_the_cases(fixture_
 @given(D=st.integers(1, 4), H=st.integers(1, 5), O=st.integers(1, 3),
        dtype=st.sampled_from([np.float32, np.float64]), seed=st.integers(0, 2**16))
 def test_torch_state_dict_round_trip_is_exact(D, H, O, dtype, seed):
+    # Catches: a bridge that renames, reshapes, casts, perturbs or aliases a parameter.
     rng = np.random.default_rng(seed)
     params = nr.init_params(D, H, O, "np", rng, dtype=dtype)
     params["b_h"] = rng.standard_normal(H).astype(dtype)
@@ -1960,6 +1975,7 @@ def test_torch_state_dict_round_trip_is_exact(D, H, O, dtype, seed):
 
 
 def test_from_torch_state_dict_adds_the_two_torch_biases():
+    # Catches: one of torch's two biases dropped (they act as one b_h).
     params = nr.init_params(2, 3, 2, "irnn", np.random.default_rng(0))
     state = nr.to_torch_state_dict(params)
     state["bias_ih_l0"] = np.array([1.0, 2.0, 3.0])
@@ -1969,6 +1985,7 @@ def test_from_torch_state_dict_adds_the_two_torch_biases():
 
 @pytest.mark.parametrize("key", nr.TORCH_KEYS)
 def test_from_torch_state_dict_names_the_tensor_with_a_wrong_shape(key):
+    # Catches: a wrong shape accepted (broadcast) or reported without naming the tensor.
     state = nr.to_torch_state_dict(nr.init_params(2, 3, 4, "np", np.random.default_rng(0)))
     H, O = 3, 4
     bad = {"weight_ih_l0": (H + 1, 2), "weight_hh_l0": (H, H + 1), "bias_ih_l0": (H + 1,),
@@ -1984,6 +2001,8 @@ def re_escape(s):
 
 
 def test_from_torch_state_dict_rejects_missing_extra_and_non_numpy_entries():
+    # Catches: a state dict of another layout (a second layer, no read-out bias), torch
+    # tensors or mixed dtypes accepted silently.
     state = nr.to_torch_state_dict(nr.init_params(2, 3, 4, "np", np.random.default_rng(0)))
     with pytest.raises(ValueError, match="missing readout.bias"):
         nr.from_torch_state_dict({k: v for k, v in state.items() if k != "readout.bias"})
@@ -2009,6 +2028,8 @@ def test_from_torch_state_dict_rejects_missing_extra_and_non_numpy_entries():
        rtol=st.sampled_from([0.0, 1e-6, 1e-3]), atol=st.sampled_from([0.0, 1e-8, 1e-4]))
 def test_compare_applies_numpy_isclose_rule_and_finds_the_worst_elements(seed, shape, rtol,
                                                                          atol):
+    # Catches: a compare rule other than numpy.isclose's, and worst elements or counts
+    # that point at the wrong entries (expected values: numpy.isclose itself).
     rng = np.random.default_rng(seed)
     e = rng.standard_normal(shape)
     scale = 10.0 ** rng.integers(-9, -1, size=shape)     # errors around the tolerances
@@ -2023,6 +2044,8 @@ def test_compare_applies_numpy_isclose_rule_and_finds_the_worst_elements(seed, s
 
 
 def test_compare_report_lists_every_kind_of_problem():
+    # Catches: a problem kind (missing, shape, non-finite, non-NumPy, extra) reported as
+    # another, or missing from the printed table.
     e = {"ok": np.array([1.0, 2.0]), "off": np.array([[1.0, 2.0], [3.0, 4.0]]),
          "gone": np.zeros(2), "shape": np.zeros((2, 3)), "nan": np.ones(3),
          "tensor": np.ones(2)}
@@ -2052,6 +2075,8 @@ def test_compare_report_lists_every_kind_of_problem():
 
 
 def test_compare_accepts_float32_against_float64_and_rejects_bad_arguments():
+    # Catches: compare (the lenient checker) refusing mixed precision, or taking a
+    # negative or NaN tolerance.
     assert nr.compare({"a": np.float64(1.0)}, {"a": np.float32(1.0)}, 0, 0).ok
     assert nr.compare({"loss": np.array(2.0)}, {"loss": 2.0}, 0, 0).ok
     with pytest.raises(TypeError, match="actual must be a dict"):
@@ -5759,10 +5784,12 @@ def _array_junk(v):
     out = [("list", v.tolist()), ("matrix", _matrix(v if v.ndim == 2 else v.reshape(1, -1))),
            ("subclass", v.view(_Doubled)), ("big-endian", v.astype(v.dtype.newbyteorder("S"))),
            ("rank+1", v[None]), ("0-d", np.array(v.ravel()[0]) if v.size else np.array(0.0)),
-           ("empty", v[..., :0]), ("doubled", np.concatenate([v, v], axis=-1) if v.ndim else v),
+           ("empty", v[..., :0] if v.ndim else v.reshape(1)[:0]),    # 0-d: the kit's loss
+           ("doubled", np.concatenate([v, v], axis=-1) if v.ndim else v),
            ("int", v.astype(int)), ("bool", v.astype(bool)), ("complex", v.astype(complex)),
            ("object", v.astype(object)), ("float32", v.astype(np.float32)),
-           ("float64", v.astype(np.float64)), ("transposed", v.T), ("reversed", v[::-1])]
+           ("float64", v.astype(np.float64)), ("transposed", v.T),
+           ("reversed", v[::-1] if v.ndim else v)]
     if v.ndim >= 2:
         out.append(("flat", v.reshape(-1)))
     masked = np.ma.masked_array(v.astype(float), mask=np.zeros(v.shape, bool))
@@ -5775,7 +5802,8 @@ def _array_junk(v):
             w = v.copy()
             w.flat[v.size // 2] = bad
             out.append((f"{bad}", w))
-        out.append(("huge", v * 1e200 + 1e200))
+        with np.errstate(over="ignore", invalid="ignore"):    # float32: inf, on purpose
+            out.append(("huge", v * 1e200 + 1e200))
         out.append(("max", np.full_like(v, np.finfo(v.dtype).max)))
     return out
 
@@ -5998,3 +6026,661 @@ def test_pyproject_installs_exactly_nprnn_ref_with_its_dependencies():
     names = {re.match(r"[A-Za-z0-9._-]+", d).group(0).lower()
              for d in cfg["project"]["dependencies"]}
     assert {"numpy", "hypothesis"} <= names, names
+
+
+# --- Verification kit: fail closed, planted bugs, tiers, differential testing, reports ---
+#
+# The kit (nprnn_ref's last section) judges other backends. These tests try to make it
+# pass what it must fail: backends that exit, crash, hang or cannot be imported; an
+# edited fixture directory; the common mistakes of docs/examples/planted_bugs.py, each of
+# which must fail with its diagnosis. Backends run in a child process, so each
+# verify_fixtures call costs a process start (~0.2 s); hangs use timeouts of 1-2 s.
+
+_PLANTED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "docs", "examples",
+                        "planted_bugs.py")
+_REF = "nprnn_ref:fixture_outputs"
+_KIT_FIRST = nr.FIXTURE_CASES[0]
+
+
+def _planted(name):
+    return f"{_PLANTED}:{name}"
+
+
+# Backends for these tests only, written to a temporary folder. FIRST_SHAPE is the x
+# shape of FIXTURE_CASES[0] (and of no other case: checked in kit_backends).
+_KIT_BACKENDS = '''
+import os
+import time
+
+import numpy as np
+
+import nprnn_ref as nr
+
+FIRST_SHAPE = {first!r}
+
+
+def zeros(case):
+    """Every output zero, with the contract's shapes and the case's dtype."""
+    T, B, D = case["x"].shape
+    O, H = case["W_yh"].shape
+    lead = (B,) if str(case["output"]) == "last" else (T, B)
+    shapes = {{"h": (T, B, H), "y": lead + (O,), "loss": (), "grad_W_hx": (H, D),
+              "grad_W_hh": (H, H), "grad_b_h": (H,), "grad_W_yh": (O, H), "grad_b_y": (O,),
+              "grad_x": (T, B, D), "grad_h0": (B, H)}}
+    return {{k: np.zeros(s, case["x"].dtype) for k, s in shapes.items()}}
+
+
+def float32_only(case):
+    """A correct backend that computes in float32 only."""
+    if case["x"].dtype != np.float32:
+        raise TypeError("this backend computes in float32 only")
+    return nr.fixture_outputs(case)
+
+
+def exit_on_first(case):
+    """os._exit(3) on the first fixture case, correct on every other."""
+    if case["x"].shape == FIRST_SHAPE:
+        os._exit(3)
+    return nr.fixture_outputs(case)
+
+
+def hang_on_first(case):
+    """Hangs on the first fixture case, correct on every other."""
+    if case["x"].shape == FIRST_SHAPE:
+        time.sleep(3600)
+    return nr.fixture_outputs(case)
+'''
+
+
+@pytest.fixture(scope="module")
+def kit_dir(tmp_path_factory):
+    """The golden fixtures, exported once (tests that edit them work on a copy)."""
+    d = tmp_path_factory.mktemp("kit") / "fixtures"
+    nr.export_fixtures(d)
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def kit_tiny_dir(tmp_path_factory):
+    """A fixture directory holding one float32 case: verify_fixtures runs the backend on
+    it alone (the other cases' files are missing: errors without a backend call)."""
+    d = tmp_path_factory.mktemp("kit_tiny") / "fixtures"
+    nr.export_fixtures(d, cases=(_KIT_TINY32,))
+    return str(d)
+
+
+@pytest.fixture(scope="module")
+def kit_backends(tmp_path_factory):
+    """path/to/kit_backends.py, whose functions take 'path:NAME'."""
+    first = (_KIT_FIRST.T, _KIT_FIRST.B, _KIT_FIRST.D)
+    assert [(s.T, s.B, s.D) for s in nr.FIXTURE_CASES].count(first) == 1
+    path = tmp_path_factory.mktemp("kit_backends") / "kit_backends.py"
+    path.write_text(_KIT_BACKENDS.format(first=first))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    """docs/examples/planted_bugs.py imported here (for calls in this process)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("planted_bugs", _PLANTED)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _statuses(report):
+    return {c.name: c.status for c in report.cases}
+
+
+def _causes(report):
+    return " | ".join(d.cause for d in report.diagnoses)
+
+
+def _copy_dir(kit_dir, tmp_path):
+    d = tmp_path / "fixtures"
+    shutil.copytree(kit_dir, d)
+    return d
+
+
+def _n_cases(dtypes=("float64", "float32")):
+    return sum(s.dtype in dtypes for s in nr.FIXTURE_CASES)
+
+
+# --- fail closed: a backend that exits, crashes, hangs or cannot be imported -------------
+
+def test_kit_a_backend_calling_sys_exit_fails_every_case_and_the_command(kit_dir, capsys):
+    # Catches: SystemExit(0) inside the backend ending the check (in-process: pytest or
+    # the command would exit with status 0, a pass), or a case counted as run and passed.
+    r = nr.verify_fixtures(kit_dir, _planted("calls_sys_exit"), timeout=10)
+    assert len(r.cases) == _n_cases() and not r.ok
+    assert all(c.status == "error" and "SystemExit" in c.problem for c in r.cases)
+    assert tasks.main(["verify-fixtures", kit_dir, "--against", _planted("calls_sys_exit"),
+                       "--dtypes", "float32", "--timeout", "10"]) == 1
+    assert "FAIL: 0/10 fixture cases passed" in capsys.readouterr().out
+
+
+def test_kit_os_exit_fails_its_case_and_the_next_case_runs_in_a_fresh_process(
+        kit_dir, kit_backends):
+    # Catches: the parent dying or waiting for ever when the child ends, the cases after
+    # it failed too (no fresh process), or the crash passed as an empty result.
+    r = nr.verify_fixtures(kit_dir, f"{kit_backends}:exit_on_first", timeout=10)
+    st_ = _statuses(r)
+    assert len(st_) == _n_cases() and not r.ok
+    first = next(c for c in r.cases if c.name == _KIT_FIRST.name)
+    assert first.status == "error" and "process ended (exit code 3)" in first.problem
+    assert all(s == "pass" for n, s in st_.items() if n != _KIT_FIRST.name)
+    assert "ends its process" in _causes(r)
+
+
+def test_kit_a_hang_times_out_and_the_run_goes_on(kit_dir, kit_backends):
+    # Catches: no timeout (the run waits for ever: this test would not return), the
+    # timeout not stopping the child (the next case would queue behind it), the cases
+    # after the hang failed too.
+    timeout = 2.0
+    t0 = time.monotonic()
+    r = nr.verify_fixtures(kit_dir, f"{kit_backends}:hang_on_first", dtypes="float64",
+                           timeout=timeout)
+    elapsed = time.monotonic() - t0
+    assert elapsed < 3 * timeout + 10, elapsed              # one timeout, the rest quick
+    first = next(c for c in r.cases if c.name == _KIT_FIRST.name)
+    assert first.status == "error" and "timeout" in first.problem
+    assert 0.9 * timeout <= first.seconds < timeout + 3, first.seconds
+    assert sum(c.ok for c in r.cases) == _n_cases(("float64",)) - 1
+    assert "hangs" in _causes(r)
+
+
+def test_kit_a_module_that_calls_sys_exit_at_import_fails_every_case(kit_dir, tmp_path,
+                                                                     capsys):
+    # Catches: SystemExit at import ending the check (status 0) or escaping load_backend,
+    # the import retried for every case, a message that does not say it was the import.
+    path = tmp_path / "exits_at_import.py"
+    path.write_text("import sys\nsys.exit(0)\n\n\ndef run(case):\n    return {}\n")
+    with pytest.raises(ImportError, match="SystemExit"):
+        nr.load_backend(f"{path}:run")
+    t0 = time.monotonic()
+    r = nr.verify_fixtures(kit_dir, f"{path}:run", timeout=10)
+    assert time.monotonic() - t0 < 10                       # one import, not 29
+    assert len(r.cases) == _n_cases() and not r.ok
+    for c in r.cases:
+        assert c.status == "error" and "import" in c.problem and "exits_at_import" in \
+            c.problem, c.problem
+    assert "cannot be imported" in _causes(r)
+    assert tasks.main(["verify-fixtures", kit_dir, "--against", f"{path}:run",
+                       "--timeout", "10"]) == 1
+    capsys.readouterr()
+
+
+def test_kit_ctrl_c_stops_the_run_reports_it_and_leaves_no_process(kit_dir, monkeypatch,
+                                                                   capsys):
+    # Catches: KeyboardInterrupt swallowed as a failed case (the run would go on) or
+    # escaping as a traceback, a partial run reported as a pass, exit status 1 instead of
+    # 130, the backend's child process left running.
+    real_run_case, calls, backends = nr._run_case, [0], []
+
+    def run_case(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 2:
+            raise KeyboardInterrupt
+        return real_run_case(*args, **kwargs)
+
+    class Recorded(nr._Backend):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            backends.append(self)
+    monkeypatch.setattr(nr, "_run_case", run_case)
+    monkeypatch.setattr(nr, "_Backend", Recorded)
+    r = nr.verify_fixtures(kit_dir, _REF)
+    assert r.interrupted and not r.ok and len(r.cases) == 1 and r.cases[0].ok
+    assert "INTERRUPTED" in r.text() and json.loads(r.to_json())["interrupted"] is True
+    assert backends and all(b.proc is None for b in backends)
+    calls[0] = 0
+    r = nr.verify_differential(_REF, examples=5)
+    assert r.interrupted and not r.ok and len(r.cases) == 1
+    for main in (tasks.main, nr.main):
+        calls[0] = 0
+        assert main(["verify-fixtures", kit_dir, "--against", _REF]) == 130
+        calls[0] = 0
+        assert main(["verify", "--against", _REF, "--examples", "5"]) == 130
+    assert backends and all(b.proc is None for b in backends)
+    capsys.readouterr()
+
+
+# --- the fixture directory is not trusted --------------------------------------------------
+
+def test_kit_an_edited_manifest_changes_nothing(kit_dir, kit_backends, tmp_path):
+    # Catches: tolerances, tiers or the case list read from the editable manifest (an
+    # all-zeros backend would pass with rtol 1e9, or be checked on one case only), a file
+    # entry followed outside DIR, a check that needs the sha256 entries.
+    d = _copy_dir(kit_dir, tmp_path)
+    m = json.loads((d / "manifest.json").read_text())
+    for t in m["tiers"].values():
+        t["rtol"] = t["floor"] = 1e9
+    m["tolerances"] = {"float64": {"rtol": 1e9, "atol": 1e9},
+                       "float32": {"rtol": 1e9, "atol": 1e9}}
+    m["cases"] = m["cases"][:1]
+    for c in m["cases"]:
+        del c["sha256"]
+        c["file"] = "../../outside.npz"
+    (d / "manifest.json").write_text(json.dumps(m))
+    zeros = f"{kit_backends}:zeros"
+    r = nr.verify_fixtures(d, zeros)
+    assert len(r.cases) == _n_cases() and not r.ok
+    assert all(c.status == "fail" for c in r.cases), _statuses(r)
+    assert r.tiers == {"float64": nr.TIERS["float64"], "float32": nr.TIERS["float32"]}
+    r = nr.verify_fixtures(d, zeros, dtypes="float32")
+    assert len(r.cases) == _n_cases(("float32",)) and not any(c.ok for c in r.cases)
+    assert nr.verify_fixtures(d, _REF).ok                   # the files themselves are fine
+
+
+@pytest.mark.parametrize("which", [0, 1])
+def test_kit_an_edited_fixture_value_is_reported_naming_its_file(kit_dir, tmp_path, which,
+                                                                 capsys):
+    # Catches: fixture files trusted as they are (an edited expected value would move the
+    # target, and a backend with the same error would pass), a damaged file reported
+    # without its name, the other cases not run.
+    spec = [s for s in nr.FIXTURE_CASES if s.dtype == ("float64", "float32")[which]][0]
+    d = _copy_dir(kit_dir, tmp_path)
+    path = d / (spec.name + ".npz")
+    case = nr.load_fixture(path)
+    g = case["grad_W_hx"].copy()
+    i = np.unravel_index(np.argmax(np.abs(g)), g.shape)
+    g[i] = g[i] * g.dtype.type(1 + 1e-3)                    # a relative 1e-3, in the dtype
+    case["grad_W_hx"] = g
+    np.savez(path, **case)
+    r = nr.verify_fixtures(d, _REF)
+    bad = [c for c in r.cases if not c.ok]
+    assert [c.name for c in bad] == [spec.name] and bad[0].status == "error"
+    assert spec.name + ".npz" in bad[0].problem and "grad_W_hx" in bad[0].problem
+    assert len(r.cases) == _n_cases()
+    assert tasks.main(["verify-fixtures", str(d), "--against", _REF]) == 1
+    assert spec.name + ".npz" in capsys.readouterr().out
+
+
+def test_kit_a_symlink_leading_outside_dir_is_refused(kit_dir, tmp_path):
+    # Catches: a fixture file that is a link to elsewhere followed (a directory can then
+    # be pointed at files nobody checks), or the refusal failing the whole run.
+    d = _copy_dir(kit_dir, tmp_path)
+    name = _KIT_FIRST.name + ".npz"
+    outside = tmp_path / "elsewhere.npz"
+    shutil.copy(d / name, outside)
+    os.remove(d / name)
+    os.symlink(outside, d / name)
+    r = nr.verify_fixtures(d, _REF)
+    bad = [c for c in r.cases if not c.ok]
+    assert [c.name for c in bad] == [_KIT_FIRST.name] and bad[0].status == "error"
+    assert "outside DIR" in bad[0].problem
+    assert len(r.cases) == _n_cases()
+
+
+def test_kit_a_stray_file_in_dir_is_a_problem(kit_dir, tmp_path, capsys):
+    # Catches: files the reference does not write (a renamed or extra case, a copied-in
+    # expected output) passing unnoticed; the report ok with a problem; JUnit without it.
+    d = _copy_dir(kit_dir, tmp_path)
+    (d / "notes.txt").write_text("mine")
+    shutil.copy(d / (_KIT_FIRST.name + ".npz"), d / "my_case.npz")
+    r = nr.verify_fixtures(d, _REF)
+    assert all(c.ok for c in r.cases) and len(r.cases) == _n_cases()
+    assert r.problems and not r.ok
+    assert "notes.txt" in r.problems[0] and "my_case.npz" in r.problems[0]
+    assert "PROBLEM:" in r.text()
+    import xml.etree.ElementTree as ET
+    suite = ET.fromstring(r.to_junit())
+    assert int(suite.get("failures")) == 1 and len(suite.findall("testcase")) == \
+        _n_cases() + 1
+    assert tasks.main(["verify-fixtures", str(d), "--against", _REF]) == 1
+    capsys.readouterr()
+
+
+def test_kit_a_format_1_directory_is_refused_with_the_reexport_command(kit_dir, tmp_path,
+                                                                       capsys):
+    # Catches: an old directory (no exact-zero ReLU cases, old tolerances) checked as if
+    # current, a refusal that does not say how to re-export, another exit status than 2.
+    d = _copy_dir(kit_dir, tmp_path)
+    m = json.loads((d / "manifest.json").read_text())
+    m["format_version"] = 1
+    (d / "manifest.json").write_text(json.dumps(m))
+    for call in (lambda: nr.read_manifest(d), lambda: nr.verify_fixtures(d, _REF)):
+        with pytest.raises(ValueError, match="export-fixtures") as e:
+            call()
+        assert str(d) in str(e.value) and "--force" in str(e.value)
+    assert tasks.main(["verify-fixtures", str(d), "--against", _REF]) == 2
+    err = capsys.readouterr().err
+    assert f"export-fixtures {d} --force" in err
+    m["format_version"] = nr.FIXTURE_FORMAT_VERSION + 1
+    (d / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ValueError, match="format_version"):
+        nr.read_manifest(d)
+    os.remove(d / "manifest.json")
+    assert nr.main(["verify-fixtures", str(d), "--against", _REF]) == 2
+    assert "manifest.json" in capsys.readouterr().err
+
+
+# --- dtypes -----------------------------------------------------------------------------
+
+def test_kit_dtypes_select_the_cases_checked(kit_dir, kit_backends, capsys):
+    # Catches: --dtypes ignored (a float32-only backend could never pass, or float64
+    # cases silently skipped by default), cases of the other dtype counted.
+    f32 = f"{kit_backends}:float32_only"
+    r = nr.verify_fixtures(kit_dir, f32, dtypes="float32")
+    assert r.ok and len(r.cases) == _n_cases(("float32",)) and r.dtypes == ("float32",)
+    assert {c.dtype for c in r.cases} == {"float32"}
+    r = nr.verify_fixtures(kit_dir, f32)
+    assert not r.ok and len(r.cases) == _n_cases()
+    assert all((c.status == "error") == (c.dtype == "float64") for c in r.cases)
+    r = nr.verify_fixtures(kit_dir, _REF, dtypes=("float64",))
+    assert r.ok and len(r.cases) == _n_cases(("float64",))
+    assert tasks.main(["verify-fixtures", kit_dir, "--against", f32, "--dtypes",
+                       "float32"]) == 0
+    assert "10/10" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="dtypes"):
+        nr.verify_fixtures(kit_dir, _REF, dtypes="float16")
+
+
+def test_kit_an_upcasting_backend_fails_the_float32_cases_on_dtype(kit_dir):
+    # Catches: float64 results accepted for float32 cases (a backend that upcasts passes
+    # without its float32 arithmetic ever being tested).
+    r = nr.verify_fixtures(kit_dir, _planted("float32_upcast"))
+    for c in r.cases:
+        if c.dtype == "float32":
+            assert c.status == "fail" and {t.status for t in c.tensors} == {"dtype"}, c.name
+        else:
+            assert c.ok, c.name
+    assert "dtype" in _causes(r)
+
+
+# --- tiers ----------------------------------------------------------------------------------
+
+def test_kit_tf32_emulation_passes_the_tf32_tier_and_fails_the_float32_tier():
+    # Catches: a tf32 tier too tight for the GPU arithmetic it is named for, or a float32
+    # tier loose enough to pass TF32 (then TF32 left on would never be noticed).
+    for spec in nr.FIXTURE_CASES:
+        if spec.dtype != "float32":
+            continue
+        case, _ = nr.make_case(spec)
+        out = nr.gpu_emulation_outputs({k: case[k] for k in nr.FIXTURE_INPUT_KEYS})
+        tf32 = nr.check_case(case, out, "tf32")
+        assert all(t.ok for t in tf32), (spec.name, [(t.name, t.ratio) for t in tf32])
+        f32 = nr.check_case(case, out, "float32")
+        worst = max(t.ratio for t in f32)
+        assert not all(t.ok for t in f32) and worst > 2, (spec.name, worst)
+
+
+def test_kit_tf32_tier_on_the_command_line(kit_dir):
+    # Catches: --tier not reaching the float32 cases, or a tighter --rtol not applied.
+    assert nr.main(["verify-fixtures", kit_dir, "--against", _planted("tf32_matmuls"),
+                    "--tier", "tf32"]) == 0
+    r = nr.verify_fixtures(kit_dir, _planted("tf32_matmuls"), dtypes="float32",
+                           tier="tf32", rtol=1e-4)
+    assert not r.ok and r.tiers["float32"].rtol == 1e-4
+
+
+def test_round_mantissa_rounds_to_nearest_even_worked_by_hand():
+    # Catches: truncation instead of rounding, ties rounded up or away from zero, a wrong
+    # number of bits, the sign or the exponent disturbed, bits=23 not the identity.
+    # Working, bits = 10: in [1, 2) the representable values are 2**-10 apart.
+    #   1 + 2**-11          half-way between 1 and 1 + 2**-10: a tie, to the even one, 1
+    #   1 + 3 * 2**-11      half-way between 1 + 2**-10 (odd) and 1 + 2**-9 (even): up
+    #   1 + 3 * 2**-12      0.75 of the spacing above 1: up to 1 + 2**-10
+    #   1 + 2**-12          0.25 of the spacing: down to 1
+    #   1 + 2**-11 + 2**-23 just above half-way: up to 1 + 2**-10
+    #   2 - 2**-11          half-way between 2 - 2**-10 (odd) and 2: up, the carry
+    #                       ripples into the exponent
+    #   32 * (1 + 2**-11)   the same tie as the first, another exponent: 32
+    f = np.float32
+    a = np.array([1 + 2 ** -11, 1 + 3 * 2 ** -11, 1 + 3 * 2 ** -12, 1 + 2 ** -12,
+                  1 + 2 ** -11 + 2 ** -23, 2 - 2 ** -11, 32 * (1 + 2 ** -11)], f)
+    want = np.array([1, 1 + 2 ** -9, 1 + 2 ** -10, 1, 1 + 2 ** -10, 2, 32], f)
+    before = a.copy()
+    got = nr.round_mantissa(a, 10)
+    assert got.dtype == np.float32 and np.array_equal(got, want), got - 1
+    assert np.array_equal(nr.round_mantissa(-a, 10), -want)          # sign preserved
+    assert np.array_equal(a, before)                                  # not modified
+    # bits = 7 (bfloat16): spacing 2**-7 in [1, 2)
+    assert np.array_equal(nr.round_mantissa(np.array([1 + 2 ** -8, 1 + 3 * 2 ** -9], f),
+                                            7), np.array([1, 1 + 2 ** -7], f))
+    # values already representable are unchanged; zeros keep their sign
+    exact = np.array([1 + 2 ** -10, 0.5, 1.5, -3.0, 2 ** -100, 0.0, -0.0, np.inf], f)
+    got = nr.round_mantissa(exact, 10)
+    assert np.array_equal(got, exact) and np.array_equal(np.signbit(got), np.signbit(exact))
+    r = np.random.default_rng(0).standard_normal(1000).astype(f)
+    assert np.array_equal(nr.round_mantissa(r, 23).view(np.uint32), r.view(np.uint32))
+    # rounding to 10 bits: within half a spacing (2**-11 relative), and idempotent
+    t = nr.round_mantissa(r, 10)
+    assert np.all(np.abs(t - r) <= np.abs(r) * 2 ** -11)
+    assert np.array_equal(nr.round_mantissa(t, 10), t)
+    assert np.all((t.view(np.uint32) & (2 ** 13 - 1)) == 0)           # 13 bits cleared
+    with pytest.raises(TypeError, match="float32"):
+        nr.round_mantissa(r.astype(np.float64), 10)
+    with pytest.raises(ValueError, match="bits"):
+        nr.round_mantissa(r, 24)
+
+
+def test_kit_tolerances_may_only_tighten(kit_dir, capsys):
+    # Catches: --rtol or --atol loosening a tier (then any backend can be made to pass),
+    # a refusal that does not name the option, tightening not applied.
+    for kw, word in ((dict(rtol=1e-3), "rtol"), (dict(rtol=1e-9, dtypes="float64"), "rtol"),
+                     (dict(rtol=0.05, tier="tf32", dtypes="float32"), "rtol"),
+                     (dict(floor=1e-30, dtypes="float32"), "floor"),
+                     (dict(floor=1e-300, dtypes="float64"), "floor"),
+                     (dict(rtol=-1e-12), "rtol"), (dict(floor=float("nan")), "floor")):
+        for fn in (lambda: nr.verify_fixtures(kit_dir, _REF, **kw),
+                   lambda: nr.verify_differential(_REF, examples=1, **kw)):
+            with pytest.raises(ValueError, match=word):
+                fn()
+    for opt, v in (("--rtol", "1e-3"), ("--atol", "1")):
+        assert tasks.main(["verify-fixtures", kit_dir, "--against", _REF, opt, v]) == 2
+        assert opt.lstrip("-").replace("atol", "floor") in capsys.readouterr().err
+    r = nr.verify_fixtures(kit_dir, _REF, dtypes="float64", rtol=1e-11, floor=0.0)
+    assert r.ok and r.tiers["float64"].rtol == 1e-11
+    r = nr.verify_fixtures(kit_dir, _REF, dtypes="float32", floor=1e-36)
+    assert r.ok and r.tiers["float32"].floor == 1e-36
+
+
+# --- planted bugs: each fails, with its diagnosis ----------------------------------------
+
+def _sum_count(s):
+    rows = s.B if s.output == "last" else s.T * s.B
+    return rows * (s.O if s.loss == "mse" else 1)
+
+
+# bug -> (a phrase of its diagnosis, which fixture cases must fail: spec, expected case
+# -> bool). Every other case must pass: where the bug changes nothing (ReLU'(0) without
+# exact zeros, b_h counted twice where b_h = 0, a sum of one term, ...).
+_PLANTED_EXPECTED = {
+    "sum_loss": ("a sum where the mean was meant", lambda s, e: _sum_count(s) > 1),
+    "zero_grad_h0": ("grad_h0 returned as zeros", lambda s, e: np.any(e["grad_h0"])),
+    "transposed_w_hh": ("W_hh applied transposed", lambda s, e: True),
+    "relu_grad_one": ("ReLU'(0) is not 0", lambda s, e: s.zeros and s.nonlinearity == "relu"),
+    "relu_grad_half": ("ReLU'(0) is not 0", lambda s, e: s.zeros and s.nonlinearity == "relu"),
+    "truncated_bptt": ("truncated BPTT", lambda s, e: s.T > 2),
+    "first_step_dropped": ("returned as zeros", lambda s, e: True),
+    "h0_ignored": ("grad_h0", lambda s, e: s.h0 or np.any(e["grad_h0"])),
+    "bias_twice": ("b_h counted twice", lambda s, e: not s.zeros),
+    "grad_b_h_doubled": ("grad_b_h is twice the reference", lambda s, e: True),
+    "float32_upcast": ("another dtype than the case's", lambda s, e: s.dtype == "float32"),
+    "tf32_matmuls": ("TF32", lambda s, e: s.dtype == "float32"),
+    "python_float_loss": ("the contract's keys, types or shapes", lambda s, e: True),
+    "tensor_outputs": ("the contract's keys, types or shapes", lambda s, e: True),
+    "calls_sys_exit": ("calls sys.exit", lambda s, e: True),
+    "calls_os_exit": ("ends its process", lambda s, e: True),
+    "hangs": ("hangs", lambda s, e: True),
+}
+# Caught at small scale too (the cases with scale 1e-8 and 1e-6): bugs whose error is
+# relative, which an absolute tolerance would miss there.
+_PLANTED_SMALL_SCALE = ("transposed_w_hh", "zero_grad_h0", "truncated_bptt", "sum_loss",
+                        "grad_b_h_doubled", "bias_twice", "h0_ignored")
+
+
+def test_planted_bugs_module_lists_every_bug_and_imports_only_numpy_and_nprnn_ref(planted):
+    # Catches: a planted bug added without an expected diagnosis here, or the teaching
+    # module depending on a framework.
+    assert set(planted.BUGS) == set(_PLANTED_EXPECTED)
+    assert all(callable(getattr(planted, b)) for b in planted.BUGS)
+    with open(_PLANTED) as f:
+        imports = {m.group(1) for m in re.finditer(r"^(?:import|from) (\w+)", f.read(), re.M)}
+    assert imports == {"os", "sys", "time", "numpy", "nprnn_ref"}, imports
+
+
+def test_planted_correct_and_the_reference_pass_with_no_diagnoses(kit_dir):
+    # Catches: the planted module's own model wrong (then its bugs prove nothing), or a
+    # correct backend failed or given a diagnosis.
+    for against in (_REF, _planted("correct")):
+        r = nr.verify_fixtures(kit_dir, against)
+        assert r.ok and r.diagnoses == () and len(r.cases) == _n_cases(), r.text()
+        assert r.text() == r.summary() and r.text().startswith("PASS: 29/29")
+
+
+@pytest.mark.parametrize("bug", sorted(_PLANTED_EXPECTED))
+def test_planted_bug_fails_with_its_diagnosis(bug, kit_dir, kit_tiny_dir):
+    # Catches: a planted mistake that passes a fixture case it changes (a tolerance too
+    # loose there, a case the fixtures lack), fails one it does not change (the check too
+    # strict), or gets no diagnosis naming it.
+    phrase, fails = _PLANTED_EXPECTED[bug]
+    if bug == "hangs":                             # one case, one timeout
+        r = nr.verify_fixtures(kit_tiny_dir, _planted(bug), timeout=1)
+        (c,) = [c for c in r.cases if c.name == _KIT_TINY32.name]
+        assert c.status == "error" and "timeout" in c.problem
+        assert not r.ok and phrase in _causes(r)
+        return
+    dtypes = "float32" if bug == "calls_os_exit" else None   # a process per case
+    r = nr.verify_fixtures(kit_dir, _planted(bug), dtypes=dtypes, timeout=10)
+    assert not r.ok and len(r.cases) == _n_cases(("float32",) if dtypes else
+                                                 ("float64", "float32"))
+    assert phrase in _causes(r), r.text()
+    specs = {s.name: s for s in nr.FIXTURE_CASES}
+    wrong = []
+    for c in r.cases:
+        expected = nr.load_fixture(os.path.join(kit_dir, c.name + ".npz"))
+        if (not c.ok) != bool(fails(specs[c.name], expected)):
+            wrong.append(f"{c.name}: {c.status} "
+                         + ", ".join(f"{t.name} {t.status} {t.ratio}" for t in c.tensors))
+    assert not wrong, "\n".join(wrong)
+    if bug in _PLANTED_SMALL_SCALE:
+        small = [c for c in r.cases if specs[c.name].scale <= 1e-6]
+        assert len(small) == 3 and not any(c.ok for c in small)
+
+
+def test_planted_tensor_outputs_get_the_torch_hint(kit_dir):
+    # Catches: a framework tensor reported without saying what to do with it.
+    r = nr.verify_fixtures(kit_dir, _planted("tensor_outputs"), dtypes="float32")
+    assert all(t.status == "type" and ".numpy()" in t.detail
+               for c in r.cases for t in c.tensors)
+
+
+# --- property-based differential testing --------------------------------------------------
+
+def test_kit_differential_passes_the_reference_deterministically():
+    # Catches: a correct backend failed on some drawn case (a strategy drawing cases the
+    # tolerances cannot judge), a seed that does not fix the draw (CI runs that differ),
+    # examples not respected, one dtype never drawn.
+    r1 = nr.verify_differential(_REF, examples=30)
+    assert r1.ok and r1.examples == 30 and len(r1.cases) == 30, r1.text()
+    assert r1.text() == r1.summary() and "\n" not in r1.text()
+    assert {c.spec.dtype for c in r1.cases} == {"float64", "float32"}
+    r2 = nr.verify_differential(_REF, examples=30)
+    assert [c.spec for c in r2.cases] == [c.spec for c in r1.cases]
+    r3 = nr.verify_differential(_REF, examples=30, seed=1)
+    assert [c.spec for c in r3.cases] != [c.spec for c in r1.cases]
+    r4 = nr.verify_differential(_REF, examples=5, dtypes="float32")
+    assert r4.ok and r4.examples == 5 and {c.dtype for c in r4.cases} == {"float32"}
+
+
+def test_kit_differential_shrinks_a_planted_bug_to_a_small_case_and_replays_it(
+        tmp_path, kit_dir, planted, capsys):
+    # Catches: a failure not shrunk (a 20-step case to debug), the reproducer not
+    # runnable or not showing the failing tensor, save_failure writing an unloadable
+    # file, or writing into a fixture directory or over a file.
+    save = tmp_path / "smallest.npz"
+    r = nr.verify_differential(_planted("relu_grad_one"), examples=30, save_failure=save)
+    assert not r.ok and r.cases[-1].status == "fail" and "ReLU'(0)" in _causes(r)
+    s = r.cases[-1].spec
+    assert s.zeros and s.nonlinearity == "relu", s
+    assert max(s.T, s.B, s.D, s.H, s.O) <= 2 and s.scale == 1 and s.w_scale == 1, s
+    assert all(c.ok for c in r.cases[:-1])
+    exec(compile(r.reproducer, "reproducer", "exec"), {})
+    out = capsys.readouterr().out
+    assert re.search(r"^grad_\w+ fail ", out, re.M), out
+    case = nr.load_fixture(save)
+    assert case["x"].shape == (s.T, s.B, s.D)
+    bad = [t for t in nr.check_case(case, planted.relu_grad_one(
+        {k: case[k] for k in nr.FIXTURE_INPUT_KEYS}), s.dtype) if not t.ok]
+    assert bad
+    with pytest.raises(FileExistsError):
+        nr.verify_differential(_REF, examples=1, save_failure=save)
+    with pytest.raises(ValueError, match="fixture directory"):
+        nr.verify_differential(_REF, examples=1,
+                               save_failure=os.path.join(kit_dir, "new.npz"))
+    # truncated BPTT (2 steps) needs T = 3 to show, and no more
+    r = nr.verify_differential(_planted("truncated_bptt"), examples=30)
+    assert not r.ok and r.cases[-1].spec.T == 3, r.cases[-1].spec
+
+
+def test_kit_differential_stops_at_a_hang_without_shrinking():
+    # Catches: a hang retried while shrinking (each try costs a timeout: the run would
+    # take minutes), no reproducer for it.
+    t0 = time.monotonic()
+    r = nr.verify_differential(_planted("hangs"), examples=30, timeout=1)
+    assert time.monotonic() - t0 < 10
+    assert not r.ok and r.examples == 1 and r.cases[-1].status == "error"
+    assert r.reproducer.startswith("# not shrunk") and "hangs" in _causes(r)
+
+
+# --- reports ---------------------------------------------------------------------------------
+
+def test_kit_reports_text_json_and_junit(kit_dir, tmp_path, capsys):
+    # Catches: a report that cannot be parsed by CI (JSON with NaN, malformed XML), counts
+    # that disagree with the cases, the diagnoses missing from the JSON, --json or
+    # --junit not written.
+    import xml.etree.ElementTree as ET
+    ok = nr.verify_fixtures(kit_dir, _REF)
+    assert "\n" not in ok.text() and ok.text().startswith("PASS")
+    d = json.loads(ok.to_json())
+    assert d["ok"] is True and len(d["cases"]) == _n_cases() and d["diagnoses"] == []
+    assert set(d["tiers"]) == {"float64", "float32"}
+    bad = nr.verify_fixtures(kit_dir, _planted("sum_loss"))
+    text = bad.text()
+    assert text.splitlines()[-1].startswith("FAIL") and "likely causes:" in text
+    assert "err/tol" in text                                     # the tables
+    d = json.loads(bad.to_json())
+    assert d["ok"] is False and len(d["cases"]) == _n_cases()
+    assert {"ok", "cases", "tiers", "diagnoses"} <= set(d) and d["diagnoses"]
+    assert sum(c["status"] != "pass" for c in d["cases"]) == sum(not c.ok for c in bad.cases)
+    suite = ET.fromstring(bad.to_junit())
+    cases = suite.findall("testcase")
+    assert len(cases) == _n_cases() == int(suite.get("tests"))
+    n_bad = sum(not c.ok for c in bad.cases)
+    assert int(suite.get("failures")) == n_bad == sum(c.find("failure") is not None
+                                                      for c in cases)
+    js, ju = tmp_path / "r.json", tmp_path / "r.xml"
+    assert tasks.main(["verify-fixtures", kit_dir, "--against", _planted("sum_loss"),
+                       "--json", str(js), "--junit", str(ju)]) == 1
+    assert json.loads(js.read_text())["ok"] is False
+    assert int(ET.parse(ju).getroot().get("failures")) == n_bad
+    js.unlink()
+    assert nr.main(["verify", "--against", _REF, "--examples", "3", "--json", str(js)]) == 0
+    assert json.loads(js.read_text())["kind"] == "differential"
+    assert tasks.main(["verify-fixtures", kit_dir, "--against", _REF, "--json",
+                       str(tmp_path / "no" / "r.json")]) == 2
+    capsys.readouterr()
+
+
+# --- the console command --------------------------------------------------------------------
+
+def test_kit_console_command_exit_statuses(kit_dir, tmp_path, capsys):
+    # Catches: main raising (a traceback) or calling sys.exit instead of returning its
+    # status, 1 and 2 confused (a usage error reported as a failing backend).
+    assert nr.main(["verify-fixtures", kit_dir, "--against", _REF]) == 0
+    assert nr.main(["verify-fixtures", kit_dir, "--against", _planted("sum_loss")]) == 1
+    for argv in (["verify-fixtures", str(tmp_path / "none"), "--against", _REF],
+                 ["verify-fixtures", kit_dir, "--against", "no_colon"],
+                 ["verify-fixtures", kit_dir, "--against", _REF, "--dtypes", "float16"],
+                 ["verify-fixtures", kit_dir, "--against", _REF, "--timeout", "0"],
+                 ["verify", "--against", _REF, "--examples", "0"],
+                 ["export-fixtures", kit_dir]):
+        assert nr.main(argv) == 2, argv
+        assert "error:" in capsys.readouterr().err, argv
+    out = tmp_path / "new"
+    assert nr.main(["export-fixtures", str(out)]) == 0
+    assert nr.verify_fixtures(out, _REF).ok
+    capsys.readouterr()
