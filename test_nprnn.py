@@ -6057,6 +6057,7 @@ import numpy as np
 import nprnn_ref as nr
 
 FIRST_SHAPE = {first!r}
+FOURTH_SHAPE = {fourth!r}
 
 
 def zeros(case):
@@ -6084,9 +6085,9 @@ def exit_on_first(case):
     return nr.fixture_outputs(case)
 
 
-def hang_on_first(case):
-    """Hangs on the first fixture case, correct on every other."""
-    if case["x"].shape == FIRST_SHAPE:
+def hang_on_fourth(case):
+    """Hangs on the fourth fixture case, correct on every other."""
+    if case["x"].shape == FOURTH_SHAPE:
         time.sleep(3600)
     return nr.fixture_outputs(case)
 '''
@@ -6101,21 +6102,12 @@ def kit_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def kit_tiny_dir(tmp_path_factory):
-    """A fixture directory holding one float32 case: verify_fixtures runs the backend on
-    it alone (the other cases' files are missing: errors without a backend call)."""
-    d = tmp_path_factory.mktemp("kit_tiny") / "fixtures"
-    nr.export_fixtures(d, cases=(_KIT_TINY32,))
-    return str(d)
-
-
-@pytest.fixture(scope="module")
 def kit_backends(tmp_path_factory):
     """path/to/kit_backends.py, whose functions take 'path:NAME'."""
-    first = (_KIT_FIRST.T, _KIT_FIRST.B, _KIT_FIRST.D)
-    assert [(s.T, s.B, s.D) for s in nr.FIXTURE_CASES].count(first) == 1
+    shapes = [(s.T, s.B, s.D) for s in nr.FIXTURE_CASES]
+    assert shapes.count(shapes[0]) == shapes.count(shapes[3]) == 1
     path = tmp_path_factory.mktemp("kit_backends") / "kit_backends.py"
-    path.write_text(_KIT_BACKENDS.format(first=first))
+    path.write_text(_KIT_BACKENDS.format(first=shapes[0], fourth=shapes[3]))
     return str(path)
 
 
@@ -6173,20 +6165,25 @@ def test_kit_os_exit_fails_its_case_and_the_next_case_runs_in_a_fresh_process(
     assert "ends its process" in _causes(r)
 
 
-def test_kit_a_hang_times_out_and_the_run_goes_on(kit_dir, kit_backends):
-    # Catches: no timeout (the run waits for ever: this test would not return), the
-    # timeout not stopping the child (the next case would queue behind it), the cases
-    # after the hang failed too.
+def test_kit_a_hang_times_out_once_and_fails_the_cases_left(kit_dir, kit_backends):
+    # Catches: no timeout (the run waits for ever: this test would not return), a
+    # timeout that does not stop the child, the timeout paid again on every later case,
+    # the cases left out of the report (a partial run counted as a pass).
     timeout = 2.0
+    hung = nr.FIXTURE_CASES[3]
     t0 = time.monotonic()
-    r = nr.verify_fixtures(kit_dir, f"{kit_backends}:hang_on_first", dtypes="float64",
+    r = nr.verify_fixtures(kit_dir, f"{kit_backends}:hang_on_fourth", dtypes="float64",
                            timeout=timeout)
     elapsed = time.monotonic() - t0
-    assert elapsed < 3 * timeout + 10, elapsed              # one timeout, the rest quick
-    first = next(c for c in r.cases if c.name == _KIT_FIRST.name)
-    assert first.status == "error" and "timeout" in first.problem
-    assert 0.9 * timeout <= first.seconds < timeout + 3, first.seconds
-    assert sum(c.ok for c in r.cases) == _n_cases(("float64",)) - 1
+    assert elapsed < timeout + 8, elapsed                   # one timeout, the rest quick
+    assert len(r.cases) == _n_cases(("float64",)) and not r.ok
+    names = [c.name for c in r.cases]
+    i = names.index(hung.name)
+    assert i == 3 and all(c.ok for c in r.cases[:i])
+    c = r.cases[i]
+    assert c.status == "error" and "timeout" in c.problem
+    assert 0.9 * timeout <= c.seconds < timeout + 3, c.seconds
+    assert all(c.status == "error" and hung.name in c.problem for c in r.cases[i + 1:])
     assert "hangs" in _causes(r)
 
 
@@ -6288,6 +6285,11 @@ def test_kit_an_edited_fixture_value_is_reported_naming_its_file(kit_dir, tmp_pa
     g[i] = g[i] * g.dtype.type(1 + 1e-3)                    # a relative 1e-3, in the dtype
     case["grad_W_hx"] = g
     np.savez(path, **case)
+    if which == 1:                      # a file of a dtype not checked: still a problem
+        r = nr.verify_fixtures(d, _REF, dtypes="float64")
+        assert all(c.ok for c in r.cases) and not r.ok and len(r.problems) == 1
+        assert spec.name + ".npz" in r.problems[0] and "grad_W_hx" in r.problems[0]
+        return
     r = nr.verify_fixtures(d, _REF)
     bad = [c for c in r.cases if not c.ok]
     assert [c.name for c in bad] == [spec.name] and bad[0].status == "error"
@@ -6532,19 +6534,14 @@ def test_planted_correct_and_the_reference_pass_with_no_diagnoses(kit_dir):
 
 
 @pytest.mark.parametrize("bug", sorted(_PLANTED_EXPECTED))
-def test_planted_bug_fails_with_its_diagnosis(bug, kit_dir, kit_tiny_dir):
+def test_planted_bug_fails_with_its_diagnosis(bug, kit_dir):
     # Catches: a planted mistake that passes a fixture case it changes (a tolerance too
     # loose there, a case the fixtures lack), fails one it does not change (the check too
     # strict), or gets no diagnosis naming it.
     phrase, fails = _PLANTED_EXPECTED[bug]
-    if bug == "hangs":                             # one case, one timeout
-        r = nr.verify_fixtures(kit_tiny_dir, _planted(bug), timeout=1)
-        (c,) = [c for c in r.cases if c.name == _KIT_TINY32.name]
-        assert c.status == "error" and "timeout" in c.problem
-        assert not r.ok and phrase in _causes(r)
-        return
     dtypes = "float32" if bug == "calls_os_exit" else None   # a process per case
-    r = nr.verify_fixtures(kit_dir, _planted(bug), dtypes=dtypes, timeout=10)
+    timeout = 1 if bug == "hangs" else 10                    # one timeout, then it stops
+    r = nr.verify_fixtures(kit_dir, _planted(bug), dtypes=dtypes, timeout=timeout)
     assert not r.ok and len(r.cases) == _n_cases(("float32",) if dtypes else
                                                  ("float64", "float32"))
     assert phrase in _causes(r), r.text()
@@ -6593,16 +6590,19 @@ def test_kit_differential_shrinks_a_planted_bug_to_a_small_case_and_replays_it(
     # file, or writing into a fixture directory or over a file.
     save = tmp_path / "smallest.npz"
     r = nr.verify_differential(_planted("relu_grad_one"), examples=30, save_failure=save)
-    assert not r.ok and r.cases[-1].status == "fail" and "ReLU'(0)" in _causes(r)
-    s = r.cases[-1].spec
-    assert s.zeros and s.nonlinearity == "relu", s
-    assert max(s.T, s.B, s.D, s.H, s.O) <= 2 and s.scale == 1 and s.w_scale == 1, s
-    assert all(c.ok for c in r.cases[:-1])
+    assert not r.ok and "ReLU'(0)" in _causes(r)
+    failed = [c for c in r.cases if not c.ok]             # the smallest, per dtype run
+    assert failed and all(c.status == "fail" for c in failed)
+    for c in failed:
+        s = c.spec
+        assert s.zeros and s.nonlinearity == "relu", s
+        assert max(s.T, s.B, s.D, s.H, s.O) <= 2 and s.scale == 1 and s.w_scale == 1, s
     exec(compile(r.reproducer, "reproducer", "exec"), {})
     out = capsys.readouterr().out
     assert re.search(r"^grad_\w+ fail ", out, re.M), out
+    s = failed[0].spec                                    # the one saved
     case = nr.load_fixture(save)
-    assert case["x"].shape == (s.T, s.B, s.D)
+    assert case["x"].shape == (s.T, s.B, s.D) and case["x"].dtype == s.dtype
     bad = [t for t in nr.check_case(case, planted.relu_grad_one(
         {k: case[k] for k in nr.FIXTURE_INPUT_KEYS}), s.dtype) if not t.ok]
     assert bad
@@ -6613,7 +6613,8 @@ def test_kit_differential_shrinks_a_planted_bug_to_a_small_case_and_replays_it(
                                save_failure=os.path.join(kit_dir, "new.npz"))
     # truncated BPTT (2 steps) needs T = 3 to show, and no more
     r = nr.verify_differential(_planted("truncated_bptt"), examples=30)
-    assert not r.ok and r.cases[-1].spec.T == 3, r.cases[-1].spec
+    failed = [c.spec for c in r.cases if not c.ok]
+    assert not r.ok and failed and all(s.T == 3 for s in failed), failed
 
 
 def test_kit_differential_stops_at_a_hang_without_shrinking():
@@ -6682,5 +6683,6 @@ def test_kit_console_command_exit_statuses(kit_dir, tmp_path, capsys):
         assert "error:" in capsys.readouterr().err, argv
     out = tmp_path / "new"
     assert nr.main(["export-fixtures", str(out)]) == 0
-    assert nr.verify_fixtures(out, _REF).ok
+    assert len(nr.read_manifest(out)["cases"]) == len(nr.FIXTURE_CASES)
+    assert sorted(os.listdir(out)) == sorted(os.listdir(kit_dir))
     capsys.readouterr()

@@ -163,7 +163,8 @@ def sum_loss(case):
 def zero_grad_h0(case):
     """grad_h0 returned as zeros: the initial state created without requires_grad, or
     its gradient never copied back. Shows as grad_h0 all zero (relative error 1) in
-    every case, small scales included; every other tensor passes."""
+    every case whose grad_h0 is not exactly 0, small scales included; every other tensor
+    passes."""
     out = _rnn(case)
     out["grad_h0"] = np.zeros_like(out["grad_h0"])
     return out
@@ -174,8 +175,8 @@ def transposed_w_hh(case):
     was meant, i.e. W_hh^T h_{t-1}), a real backend bug (a row-major weight read as
     column-major), and that model differentiated correctly. With a symmetric W_hh (the
     np-RNN and IRNN schemes) the forward pass agrees and grad_W_hh comes out transposed;
-    with a non-symmetric one (tanh, nrnn, grnn, ornn, nonsym cases) everything after the
-    first step differs."""
+    with a non-symmetric one (tanh, nrnn, grnn, ornn, nonsym and zeros cases) the states
+    differ from the first step on (the second, when h0 is 0)."""
     return _rnn(case, transposed_w_hh=True)
 
 
@@ -197,8 +198,8 @@ def relu_grad_half(case):
 def truncated_bptt(case):
     """Truncated BPTT: each read-out's gradient flows back only k = 2 steps (a hidden
     state detached, or a backward loop over a window). Shows as grad_x wrong at the early
-    steps only (the last two steps pass), the weight gradients and grad_h0 wrong, the
-    forward pass right; cases with T <= 2 pass."""
+    steps only (the last two steps pass), the weight gradients and grad_h0 wrong (zero,
+    for output "last"), the forward pass right; cases with T <= 2 pass."""
     return _rnn(case, bptt_steps=2)
 
 
@@ -211,8 +212,9 @@ def first_step_dropped(case):
 
 def h0_ignored(case):
     """h0 ignored: the recurrence starts from zeros whatever the case's h0 (an initial
-    state argument never passed on). Shows as h wrong and grad_h0 zero except in the
-    cases whose h0 is 0 (h0=False), which pass."""
+    state argument never passed on). Shows as h wrong from the first step and grad_h0
+    all zero; where h0 is 0 (h0=False) the forward pass agrees and only grad_h0 is wrong
+    (an h0 of zeros still has a gradient), unless that gradient is exactly 0 too."""
     return _rnn(case, ignore_h0=True)
 
 
