@@ -2545,8 +2545,9 @@ def _tier(tier) -> Tier:
                 raise ValueError(f"tier.{k} must be >= 0, got {v:g}")
         _check_choice("tier.dtype", tier.dtype, ("float64", "float32"))
         return tier
-    if tier not in TIERS:
-        raise ValueError(f"tier must be one of {', '.join(TIERS)}, got {_short(tier)}")
+    if not isinstance(tier, str) or tier not in TIERS:
+        raise ValueError(f"tier must be a Tier or one of {', '.join(TIERS)}, got "
+                         f"{_short(tier)}")
     return TIERS[tier]
 
 
@@ -2751,25 +2752,24 @@ def make_case(spec: CaseSpec, base_seed: int = FIXTURE_BASE_SEED, *,
         if spec.loss == "xent" and _label_probabilities(case).max() > MAX_LABEL_PROB:
             rejected["saturated softmax"] += 1           # dL/dy = p - 1 would cancel
             continue
+        z = np.abs(_preactivations(case))
+        info = {"draws": draw, "min_rel_preactivation": None, "exact_zeros": 0}
+        if spec.nonlinearity != "relu":
+            if z.max() > TANH_MAX_Z:
+                rejected["saturated tanh"] += 1          # 1 - h^2 would cancel
+                continue
+        else:
+            nonzero = z[z != 0]
+            m = float(nonzero.min()) / float(z.max()) if nonzero.size else 1.0
+            if m < margin:
+                best = max(best, m)
+                rejected["relu margin"] += 1
+                continue
+            info.update(min_rel_preactivation=m, exact_zeros=int(z.size - nonzero.size))
         if not all(np.any(case[k]) for k in FIXTURE_OUTPUT_KEYS if k.startswith("grad")):
             rejected["all-zero gradient"] += 1           # it would check nothing
             continue
-        z = np.abs(_preactivations(case))
-        if spec.nonlinearity != "relu":
-            if z.max() <= TANH_MAX_Z:
-                return case, {"draws": draw, "min_rel_preactivation": None,
-                              "exact_zeros": 0}
-            rejected["saturated tanh"] += 1              # 1 - h^2 would cancel
-            best = max(best, 0.0)
-            continue
-        top = float(z.max())
-        nonzero = z[z != 0]
-        m = float(nonzero.min()) / top if nonzero.size else 1.0
-        if m >= margin:
-            return case, {"draws": draw, "min_rel_preactivation": m,
-                          "exact_zeros": int(z.size - nonzero.size)}
-        best = max(best, m)
-        rejected["relu margin"] += 1
+        return case, info
     raise RuntimeError(
         f"case {spec.name}: no draw in {max_draws} had every non-zero ReLU pre-activation "
         f"at least {margin:g} of the largest away from 0, every tanh pre-activation at "
@@ -2968,7 +2968,12 @@ def check_case(case: dict, actual, tier="float64") -> tuple:
                              f"keys {', '.join(FIXTURE_OUTPUT_KEYS)}, got "
                              f"{type(actual).__name__}"),)
     output = str(case["output"])
-    mags = _error_scales(case)
+    with np.errstate(all="ignore"):
+        mags = _error_scales(case)
+    bad = [k for k, v in mags.items() if not np.all(np.isfinite(v))]
+    if bad:
+        raise NonFiniteError(f"case is too large to check: the error scales of "
+                             f"{', '.join(bad)} overflow float64")
     out = [TensorResult(k, "missing", "not returned") if k not in actual else
            _check_tensor(k, np.asarray(case[k]), actual[k], tier, _time_indexed(k, output),
                          mags[k])
@@ -3049,11 +3054,12 @@ def _carry(one, J):
     per sequence). one: (T, B); J: (T, B, H, H), J[t] mapping step t - 1 to step t."""
     T, B = one.shape
     carry = np.zeros_like(one)
-    for s in range(T - 1):
-        P = None
-        for t in range(s + 1, T):
-            P = J[t] if P is None else J[t] @ P
-            carry[t] = np.maximum(carry[t], one[s] * np.linalg.norm(P, 2, axis=(1, 2)))
+    P = np.empty((0,) + J.shape[1:])             # P[s] = J[t] ... J[s+1], every s < t
+    for t in range(1, T):
+        eye = np.broadcast_to(np.eye(J.shape[-1]), (1,) + J.shape[1:])
+        P = J[t] @ np.concatenate([P, eye])
+        norms = np.linalg.norm(P, 2, axis=(-2, -1))                  # (t, B)
+        carry[t] = (one[:t] * norms).max(axis=0)
     return carry
 
 
@@ -3130,7 +3136,15 @@ def gpu_emulation_outputs(case: dict, bits: int = 10) -> dict:
         raise TypeError(f"gpu_emulation_outputs takes float32 cases, got "
                         f"{_dtype_text(np.asarray(case['x']).dtype)}")
     bits = _check_size("bits", bits, minimum=0)
-    return _loop(case, lambda a: round_mantissa(np.ascontiguousarray(a), bits))[0]
+    if bits > 23:
+        raise ValueError(f"bits must be at most 23 (float32's mantissa), got {bits}")
+    with np.errstate(all="ignore"):
+        out = _loop(case, lambda a: round_mantissa(np.ascontiguousarray(a), bits))[0]
+    bad = [k for k, v in out.items() if not np.all(np.isfinite(v))]
+    if bad:
+        raise NonFiniteError(f"case overflows float32 in the emulation: {', '.join(bad)} "
+                             "not finite")
+    return out
 
 
 # --- Running a backend in its own process ------------------------------------------------
@@ -3163,7 +3177,7 @@ def load_backend(spec: str):
     ImportError."""
     if not isinstance(spec, str) or ":" not in spec or not spec.rpartition(":")[2] \
             or not spec.rpartition(":")[0]:
-        raise ValueError(f"against must look like MODULE:FUNCTION (e.g. my_backend:run "
+        raise ValueError(f"spec must look like MODULE:FUNCTION (e.g. my_backend:run "
                          f"or path/to/my_backend.py:run), got {_short(spec)}")
     mod_name, _, fn_name = spec.rpartition(":")
     try:
@@ -3580,6 +3594,15 @@ def export_fixtures(directory, *, force: bool = False, base_seed: int = FIXTURE_
                         f"{_short(cases)}")
     if os.path.exists(directory) and not os.path.isdir(directory):
         raise NotADirectoryError(f"DIR must be a directory, {directory} is a file")
+    above = os.path.dirname(os.path.abspath(directory))
+    while not os.path.exists(above):
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        raise NotADirectoryError(f"cannot create {directory}: {above} is not a folder")
+    if not os.access(above if not os.path.isdir(directory) else directory, os.W_OK):
+        raise PermissionError(f"cannot write into {directory}: "
+                              f"{above if not os.path.isdir(directory) else directory} is "
+                              "not writable by you")
     if os.path.isdir(directory) and [f for f in os.listdir(directory)
                                      if not f.startswith(".")] and not force:
         raise FileExistsError(f"{directory} is not empty; choose an empty or new directory, "
@@ -3700,6 +3723,9 @@ def _selected(dtypes) -> tuple:
         return ("float64", "float32")
     if isinstance(dtypes, str):
         dtypes = tuple(d for d in dtypes.split(",") if d)
+    if not isinstance(dtypes, (tuple, list)):
+        raise TypeError(f"dtypes must be 'float64', 'float32', a comma-separated list of "
+                        f"them or a tuple, got {type(dtypes).__name__} {_short(dtypes)}")
     dtypes = tuple(dtypes)
     for d in dtypes:
         _check_choice("dtypes", d, ("float64", "float32"))
@@ -3780,10 +3806,14 @@ def verify_fixtures(directory, against, *, dtypes=None, tier="float32", rtol=Non
                         time.perf_counter() - t0, interrupted=interrupted)
 
 
+MAX_TIMEOUT = 86400.0       # a day: longer waits are a mistake, not a slow backend
+
+
 def _check_timeout(timeout) -> float:
     t = _check_real("timeout", timeout, "a finite number of seconds > 0")
-    if t <= 0:
-        raise ValueError(f"timeout must be > 0 seconds, got {t:g}")
+    if not 0 < t <= MAX_TIMEOUT:
+        raise ValueError(f"timeout must be > 0 and at most {MAX_TIMEOUT:g} seconds, "
+                         f"got {t:g}")
     return t
 
 
@@ -3793,6 +3823,7 @@ DIFFERENTIAL_BOUNDS = {"T": 20, "B": 3, "D": 4, "H": 6, "O": 4}
 # Few distinct shapes for backends that compile once per shape (JAX): --buckets.
 SHAPE_BUCKETS = {"T": (1, 5, 12), "B": (1, 3), "D": (1, 3), "H": (1, 4), "O": (2, 3)}
 DIFFERENTIAL_EXAMPLES = 100
+MAX_EXAMPLES = 100_000      # about an hour with a fast backend
 _SCALE_EXPONENTS = (0, -3, 3, -6, -8, 4)     # shrink towards 1; relu mse cases
 _SMALL_SCALE_EXPONENTS = (0, -3, -6, -8)      # xent and tanh: no saturation
 
@@ -3865,6 +3896,8 @@ def verify_differential(against, *, examples: int = DIFFERENTIAL_EXAMPLES, seed:
     tiers = _tiers_for(dtypes, tier, rtol, floor)
     timeout = _check_timeout(timeout)
     examples = _check_size("examples", examples)
+    if examples > MAX_EXAMPLES:
+        raise ValueError(f"examples must be at most {MAX_EXAMPLES}, got {examples}")
     _check_size("seed", seed, minimum=0)
     case_specs(dtypes, buckets=buckets, bounds=bounds)          # checks both
     if save_failure is not None:
@@ -3876,11 +3909,14 @@ def verify_differential(against, *, examples: int = DIFFERENTIAL_EXAMPLES, seed:
             n = examples // len(dtypes) + (i < examples % len(dtypes))
             if n == 0:
                 continue
-            passed, failures, n_calls, stop, problem = _differential_run(
-                backend, case_specs((dtype,), buckets=buckets, bounds=bounds), n, seed,
-                tiers)
-            calls += n_calls
-            cases += passed
+            passed, failures, n_calls = [], [], [0]
+            try:
+                stop, problem = _differential_run(
+                    backend, case_specs((dtype,), buckets=buckets, bounds=bounds), n,
+                    seed, tiers, passed, failures, n_calls)
+            finally:                             # an interrupt keeps what was checked
+                calls += n_calls[0]
+                cases += passed
             if problem:
                 problems.append(problem)
             if failures:
@@ -3908,14 +3944,14 @@ def verify_differential(against, *, examples: int = DIFFERENTIAL_EXAMPLES, seed:
                         reproducer=repro, interrupted=interrupted)
 
 
-def _differential_run(backend, strategy, examples, seed, tiers):
-    """One hypothesis run of ``examples`` cases from ``strategy``: (the results that passed
-    before the first failure, [(spec, case, result)] of every failing call (the last is
-    the smallest), calls, whether it stopped without shrinking, a problem text)."""
+def _differential_run(backend, strategy, examples, seed, tiers, passed, failures, calls):
+    """One hypothesis run of ``examples`` cases from ``strategy``, appending to ``passed``
+    the results that passed before the first failure and to ``failures`` (spec, case,
+    result) of every failing call (the last is the smallest), counting calls in
+    calls[0]. Returns (whether it stopped without shrinking, a problem text)."""
     from hypothesis import HealthCheck, Verbosity, assume, given, settings
     from hypothesis import seed as hypothesis_seed
     from hypothesis.errors import Flaky, Unsatisfiable
-    passed, failures, calls = [], [], [0]
 
     def prop(spec):
         try:
@@ -3944,11 +3980,11 @@ def _differential_run(backend, strategy, examples, seed, tiers):
         stop = True
     except (Flaky, Unsatisfiable) as e:
         problem = f"hypothesis: {type(e).__name__}: {e}"
-    return passed, failures, calls[0], stop, problem
+    return stop, problem
 
 
 def _check_save_path(path) -> str:
-    path = os.fspath(path)
+    path = _check_path("save_failure", path)
     if not path.endswith(".npz"):
         raise ValueError(f"save_failure must be a .npz path, got {path!r}")
     if os.path.exists(path):
@@ -4166,6 +4202,8 @@ def survey_backend(against, n_seeds: int, *, tier="float32", dtypes=None,
     dtypes = _selected(dtypes)
     tiers = _tiers_for(dtypes, tier, None, None)
     n_seeds = _check_size("n_seeds", n_seeds)
+    if n_seeds > 10_000:
+        raise ValueError(f"n_seeds must be at most 10000, got {n_seeds}")
     if not isinstance(specs, (tuple, list)) or not specs:
         raise TypeError(f"specs must be a non-empty tuple of CaseSpecs, got {_short(specs)}")
     for i, sp in enumerate(specs):
@@ -4263,7 +4301,8 @@ def _cmd_verify(args) -> int:
 def _cmd_export_fixtures(args) -> int:
     try:
         m = export_fixtures(args.dir, force=args.force, base_seed=args.seed)
-    except (FileExistsError, NotADirectoryError, ValueError, RuntimeError) as e:
+    except (FileExistsError, NotADirectoryError, PermissionError, ValueError,
+            RuntimeError) as e:
         raise UsageError(str(e)) from None
     total = sum(os.path.getsize(os.path.join(args.dir, c["file"])) for c in m["cases"])
     print(f"wrote {len(m['cases'])} cases ({total / 1024:.0f} KB) and manifest.json to "

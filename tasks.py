@@ -4220,6 +4220,21 @@ def _add_paper_commands(sub, parents):
     r.set_defaults(func=cmd_resume)
 
 
+def cmd_export_fixtures(args):
+    """nprnn_ref's export-fixtures, with this command line's output rules: DIR checked
+    before any work and locked while the command runs (DIR/.lock, which the verifier
+    ignores)."""
+    if os.path.isdir(args.dir) and [f for f in os.listdir(args.dir)
+                                    if not f.startswith(".")] and not args.force:
+        raise UsageError(f"{args.dir} is not empty; choose an empty or new directory, or "
+                         "pass --force to overwrite the fixture files in it")
+    out = _Output("DIR", args.dir, folder=True, replace=False)
+    _check_outputs([out], args.force)
+    _lock_outputs([out])
+    args.force = True                    # the lock file is in DIR now; emptiness checked
+    return nr._cmd_export_fixtures(args)
+
+
 @contextlib.contextmanager
 def _as_usage_error(*errors):
     """Raise the exceptions ``errors`` of the block as UsageError (one line, exit 2)."""
@@ -4548,6 +4563,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_paper_commands(sub, [threads, jobs])
     _add_collect_command(sub)
     nr.add_verification_commands(sub, [threads])
+    sub.choices["export-fixtures"].set_defaults(func=cmd_export_fixtures)
     _add_analysis_commands(sub)
     return p
 
