@@ -4043,7 +4043,7 @@ def diagnose(cases) -> tuple:
     found = _process_diagnoses(bad) + _contract_diagnoses(tensors)
     if numeric:
         found += (_value_diagnoses(numeric) + _pattern_diagnoses(cases)
-                  + _time_diagnoses(bad, numeric))
+                  + _time_diagnoses(cases, bad, numeric))
     return tuple(found)
 
 
@@ -4085,13 +4085,16 @@ def _value_diagnoses(numeric) -> list:
     """Failing tensors that are zeros, a multiple of the expected values, or their
     transpose."""
     out = []
-    zeros = [(c, t) for c, t in numeric if t.actual_zero]
-    if zeros:
-        names = sorted({t.name for _, t in zeros})
+    # a tensor that is all zero wherever it fails, in two cases or more
+    names = sorted({t.name for _, t in numeric})
+    zero = [n for n in names if all(t.actual_zero for _, t in numeric if t.name == n)
+            and sum(t.name == n for _, t in numeric) >= 2]
+    if zero:
+        hit = [c.name for c, t in numeric if t.name == zero[0]]
         out.append(Diagnosis(
-            f"{_few(names)} returned as zeros (a gradient not computed, not connected, or "
-            "not copied back)", f"relative error exactly 1, the actual tensor all zero, in "
-            f"{len({c.name for c, _ in zeros})} case(s), e.g. {zeros[0][0].name}"))
+            f"{_few(zero)} returned as zeros (a gradient not computed, not connected, or "
+            "not copied back)", f"the actual tensor is all zero (relative error exactly "
+            f"1) in every case where it fails, {len(hit)} case(s), e.g. {hit[0]}"))
     by_case = {}
     for c, t in numeric:          # a ~ k e, k at least 1% from 1, to a relative 1e-3
         if t.factor is not None and not t.actual_zero and abs(t.factor - 1) > 1e-2 \
@@ -4101,11 +4104,19 @@ def _value_diagnoses(numeric) -> list:
     if scaled:
         c, ts = scaled[0]
         k = ts[0].factor
-        if len(ts) == 1 and ts[0].name == "grad_b_h" and abs(k - 2) < 1e-6:
+        # one tensor off by a factor: the same factor in every case where it fails
+        same = [t for cc, t in numeric if t.name == ts[0].name]
+        single = len(ts) == 1 and len(same) >= 2 and all(
+            t.factor is not None and abs(t.factor / k - 1) < 1e-6 for t in same)
+        if len(ts) == 1 and not single:
+            ts = []                              # one tensor in one case: a coincidence
+        if not ts:
+            pass
+        elif single and ts[0].name == "grad_b_h" and abs(k - 2) < 1e-6:
             out.append(Diagnosis("grad_b_h is twice the reference: the gradients of "
                                  "torch's two biases added (either one is grad_b_h)",
                                  f"{c.name}: grad_b_h = 2 x expected"))
-        elif len(ts) == 1:
+        elif single:
             out.append(Diagnosis(f"{ts[0].name} is {k:.6g} times the reference (a factor "
                                  "in that tensor alone)", f"{c.name}: {ts[0].name} = "
                                  f"{k:.6g} x expected (relative residual < 1e-3)"))
@@ -4168,9 +4179,29 @@ def _pattern_diagnoses(cases) -> list:
     return out
 
 
-def _time_diagnoses(bad, numeric) -> list:
-    """Failures concentrated at early time steps, or in the backward pass only."""
+def _time_diagnoses(cases, bad, numeric) -> list:
+    """Failures concentrated at early time steps, at the first step, or in the backward
+    pass only."""
     out = []
+    h_bad = [(c, t) for c, t in numeric if t.name == "h" and c.spec is not None]
+    # (a wrong bias also fails h from the first step, but not where b_h = 0: zeros cases)
+    if h_bad and all(0 in t.bad_steps for _, t in h_bad) and any(c.spec.zeros
+                                                                 for c, _ in h_bad):
+        h_fails = {c.name for c, _ in h_bad}
+        no_h0 = [c for c in cases if c.spec is not None and not c.spec.h0]
+        evidence = f"h fails at its first step in every case where it fails ({len(h_bad)})"
+        if any(c.name in h_fails for c in no_h0):
+            out.append(Diagnosis("the first step is skipped or misplaced (an off-by-one "
+                                 "in the time loop): h is wrong from step 1 on, even "
+                                 "where h0 = 0", evidence + ", h0 = 0 included"))
+        elif no_h0:
+            out.append(Diagnosis("h0 is ignored (the state starts from zeros, or h0 is "
+                                 "not passed on): h is wrong from step 1 on wherever h0 "
+                                 "is not 0", evidence + "; it passes in every case with "
+                                 "h0 = 0"))
+        else:
+            out.append(Diagnosis("h is wrong from the first step on: h0 ignored or the "
+                                 "first step skipped", evidence))
     grad_x = [(c, t) for c, t in numeric if t.name == "grad_x"]
     early = [(c, t) for c, t in grad_x if t.bad_steps and c.spec is not None
              and max(t.bad_steps) < c.spec.T - 1]
