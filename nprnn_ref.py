@@ -3642,12 +3642,17 @@ def export_fixtures(directory, *, force: bool = False, base_seed: int = FIXTURE_
 
 
 def _check_path(argname, path) -> str:
+    """A path argument as a str: a str or an os.PathLike naming one (TypeError else),
+    not empty and without NUL characters (ValueError)."""
     try:
         path = os.fspath(path)
     except TypeError:
-        raise TypeError(f"{argname} must be a str or os.PathLike, got "
+        raise TypeError(f"{argname} must be a path (str or os.PathLike), got "
                         f"{type(path).__name__} {_short(path)}") from None
-    if not isinstance(path, str) or not path or "\0" in path:
+    if not isinstance(path, str):
+        raise TypeError(f"{argname} must be a path (str or os.PathLike), got "
+                        f"{type(path).__name__} {_short(path)}")
+    if not path or "\0" in path:
         raise ValueError(f"{argname} must be a non-empty path without NUL characters, "
                          f"got {_short(path)}")
     return path

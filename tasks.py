@@ -237,16 +237,8 @@ _IDX_MAGIC = {1: 2049, 3: 2051}       # labels (n,), images (n, rows, cols); uns
 
 
 def _path_arg(argname, path) -> str:
-    """A path argument as a str: a str or an os.PathLike naming one (TypeError else)."""
-    try:
-        path = os.fspath(path)
-    except TypeError:
-        raise TypeError(f"{argname} must be a path (str or os.PathLike), got "
-                        f"{type(path).__name__}") from None
-    if not isinstance(path, str):
-        raise TypeError(f"{argname} must be a path (str or os.PathLike), got "
-                        f"{type(path).__name__} {path!r}")
-    return path
+    """A path argument as a str (nprnn_ref's check: a str or os.PathLike, not empty)."""
+    return nr._check_path(argname, path)
 
 
 _NPY_MAGIC = b"\x93NUMPY"
