@@ -3979,11 +3979,11 @@ def plot_paper_curves(path, groups, folders):
     plt = _pyplot()
     fig, axes = plt.subplots(1, len(groups), figsize=(6.2 * len(groups), 4.2),
                              squeeze=False)
+    networks = dict.fromkeys(r["scheme"] for runs in groups.values() for r in runs)
+    colour = {s: plt.cm.tab10(i % 10) for i, s in enumerate(networks)}  # one per network,
+    styles = ("-", "--", ":", "-.")                             # the same in every panel
     for ax, (title, runs) in zip(axes[0], groups.items()):
         seeds = len({r["seed"] for r in runs}) > 1
-        colour = {s: plt.cm.tab10(i % 10) for i, s in
-                  enumerate(dict.fromkeys(r["scheme"] for r in runs))}  # one per network
-        styles = ("-", "--", ":", "-.")                                 # one per seed
         for r in runs:
             rows = read_curve_csv(os.path.join(folders[r["run"]], "curves.csv"))
             key = "test_accuracy" if r["task"] == "pixel" else "test_within"
