@@ -1195,8 +1195,8 @@ FIXTURE_BUGS = ("transposed_W_hh", "double_bias", "mask_wrong_step", "dh_not_car
 def loop_backend(case, bug=None, dtype=None):
     """A backend built on nprnn_ref's textbook per-step path (forward_per_step,
     loss_and_grads_per_step: one step at a time, BPTT carrying dh_next), in ``dtype``
-    (default: the case's). The independent oracle is docs/examples/torch_backend.py; this one checks
-    that the per-step path meets the fixtures. ``bug`` plants one classic mistake, for the
+    (default: the case's). The independent oracle is docs/examples/torch_backend.py; this
+    one checks that the per-step path meets the fixtures. ``bug`` plants one classic mistake, for the
     checker to catch: transposed_W_hh (W_hh loaded without its transpose, used as W_hh^T
     throughout), double_bias (b_h copied into both torch biases, so the net bias is 2 b_h),
     mask_wrong_step (ReLU mask of step t taken from h_{t-1}), dh_not_carried (dL/dh_t
