@@ -2696,14 +2696,18 @@ def _draw_case(spec: CaseSpec, rng) -> dict:
     return case
 
 
+def _float64_inputs(case) -> dict:
+    """A case's inputs with every float array in float64 (labels and strings as they
+    are)."""
+    return {k: (np.asarray(case[k], np.float64) if np.asarray(case[k]).dtype.kind == "f"
+                else case[k]) for k in FIXTURE_INPUT_KEYS}
+
+
 def _reference_outputs(case: dict, dtype) -> dict:
     """The expected outputs: computed in float64 from the case's (already rounded) inputs
     and rounded once to ``dtype``; in float32, results below FLOAT32_FLUSH in magnitude are
     flushed to zero, the reference's float32 convention."""
-    c64 = {k: (np.asarray(v, np.float64) if k in FIXTURE_INPUT_KEYS[:8] and k != "target"
-               or (k == "target" and np.asarray(v).dtype.kind == "f") else v)
-           for k, v in case.items()}
-    out = fixture_outputs(c64)
+    out = fixture_outputs(_float64_inputs(case))
     if dtype == np.float64:
         return out
     res = {}
@@ -2967,13 +2971,23 @@ def check_case(case: dict, actual, tier="float64") -> tuple:
         return (TensorResult("(result)", "type", "the function must return a dict with "
                              f"keys {', '.join(FIXTURE_OUTPUT_KEYS)}, got "
                              f"{type(actual).__name__}"),)
-    output = str(case["output"])
+    return _check_result(case, actual, tier, _checked_scales(case))
+
+
+def _checked_scales(case) -> dict:
+    """_error_scales of a case, refused (NonFiniteError) where they overflow."""
     with np.errstate(all="ignore"):
         mags = _error_scales(case)
     bad = [k for k, v in mags.items() if not np.all(np.isfinite(v))]
     if bad:
         raise NonFiniteError(f"case is too large to check: the error scales of "
                              f"{', '.join(bad)} overflow float64")
+    return mags
+
+
+def _check_result(case, actual, tier, mags) -> tuple:
+    """check_case on checked arguments, with the case's error scales given."""
+    output = str(case["output"])
     out = [TensorResult(k, "missing", "not returned") if k not in actual else
            _check_tensor(k, np.asarray(case[k]), actual[k], tier, _time_indexed(k, output),
                          mags[k])
@@ -3017,9 +3031,10 @@ def _loop(case: dict, rnd=None) -> dict:
     W_yh, b_y = case["W_yh"], case["b_y"]
     dt = x.dtype
     T, B, _ = x.shape
+    zx = mm(x.reshape(T * B, -1), W_hx.T).reshape(T, B, -1)    # every step's input term
     hs = [h0]
     for t in range(T):
-        z = mm(x[t], W_hx.T) + mm(hs[-1], W_hh.T) + b_h
+        z = zx[t] + mm(hs[-1], W_hh.T) + b_h
         hs.append(np.where(z > 0, z, dt.type(0)) if nl == "relu" else np.tanh(z))
     h = np.stack(hs[1:])
     h_prev = np.stack(hs[:-1])
@@ -3075,8 +3090,7 @@ def _error_scales(case: dict) -> dict:
     from one step to the one before carries the later step's errors), so a correct backend
     is not failed for the conditioning of the problem, and it is 0 only where every term
     that reaches the element is 0."""
-    c = {k: (np.asarray(case[k], np.float64) if np.asarray(case[k]).dtype.kind == "f"
-             else case[k]) for k in FIXTURE_INPUT_KEYS}
+    c = _float64_inputs(case)
     out, mid = _loop(c)
     a = {k: np.abs(c[k]) for k in ("x", "h0", "W_hx", "W_hh", "b_h", "W_yh", "b_y")}
     T, B, _ = c["x"].shape
@@ -3175,10 +3189,7 @@ def load_backend(spec: str):
     current directory (dotted names work) or a path to a .py file; FUNCTION may be a
     dotted attribute path. Import failures, SystemExit at import included, raise
     ImportError."""
-    if not isinstance(spec, str) or ":" not in spec or not spec.rpartition(":")[2] \
-            or not spec.rpartition(":")[0]:
-        raise ValueError(f"spec must look like MODULE:FUNCTION (e.g. my_backend:run "
-                         f"or path/to/my_backend.py:run), got {_short(spec)}")
+    _check_backend_spec("spec", spec)
     mod_name, _, fn_name = spec.rpartition(":")
     try:
         if mod_name.endswith(".py") or os.sep in mod_name:
@@ -3208,14 +3219,18 @@ def load_backend(spec: str):
     return fn
 
 
+def _check_backend_spec(argname, spec) -> str:
+    """spec, a 'MODULE:FUNCTION' string with both parts non-empty (ValueError else)."""
+    if not isinstance(spec, str) or not all(spec.rpartition(":")[::2]):
+        raise ValueError(f"{argname} must look like MODULE:FUNCTION (e.g. my_backend:run "
+                         f"or path/to/my_backend.py:run), got {_short(spec)}")
+    return spec
+
+
 def _target_text(against) -> str:
     """'MODULE:FUNCTION' for a spec string or a module-level function."""
     if isinstance(against, str):
-        load_spec_ok = ":" in against and all(against.rpartition(":")[::2])
-        if not load_spec_ok:
-            raise ValueError(f"against must look like MODULE:FUNCTION (e.g. my_backend:run "
-                             f"or path/to/my_backend.py:run), got {_short(against)}")
-        return against
+        return _check_backend_spec("against", against)
     mod, qual = getattr(against, "__module__", None), getattr(against, "__qualname__", "")
     if not callable(against) or mod is None or "<" in qual:
         raise TypeError("against must be 'MODULE:FUNCTION' or a function defined at the top "
@@ -3515,7 +3530,8 @@ class VerifyReport:
         return "\n".join(out) + "\n"
 
 
-def _run_case(backend: _Backend, case: dict, name: str, tier: Tier, spec=None) -> CaseResult:
+def _run_case(backend: _Backend, case: dict, name: str, tier: Tier, spec=None,
+              mags=None) -> CaseResult:
     """Call the backend on one case and check the answer; every way it can go wrong
     fails the case (KeyboardInterrupt propagates)."""
     t0 = time.perf_counter()
@@ -3535,7 +3551,8 @@ def _run_case(backend: _Backend, case: dict, name: str, tier: Tier, spec=None) -
     actual = dict(arrays)
     for k, p in header.get("problems", {}).items():
         actual[k] = _Unusable(p)
-    tensors = check_case(case, actual, tier)
+    tensors = check_case(case, actual, tier) if mags is None else \
+        _check_result(case, actual, tier, mags)
     return res("pass" if all(t.ok for t in tensors) else "fail", "", tensors)
 
 
@@ -3692,19 +3709,22 @@ def read_manifest(directory) -> dict:
 
 
 def _fixture_file_problem(directory, spec: CaseSpec, base_seed: int):
-    """(case, "") for a fixture file that is what the reference computes, else (None,
-    why)."""
+    """(case, "", its error scales) for a fixture file that is what the reference
+    computes, else (None, why, None)."""
     root = os.path.realpath(directory)
     path = os.path.join(directory, spec.name + ".npz")
     if os.path.commonpath([root, os.path.realpath(path)]) != root:
-        return None, f"{path} leads outside DIR ({os.path.realpath(path)})"
+        return None, f"{path} leads outside DIR ({os.path.realpath(path)})", None
     try:
         case = load_fixture(path)
     except (OSError, ValueError) as e:
-        return None, f"cannot use the fixture: {e}"
+        return None, f"cannot use the fixture: {e}", None
+    try:
+        mags = _checked_scales(case)
+    except NonFiniteError as e:
+        return None, f"cannot use the fixture {path}: {e}", None
     ref, _ = make_case(spec, base_seed)
     tier = TIERS[spec.dtype]
-    mags = _error_scales(ref)
     for k in FIXTURE_KEYS:
         e, a = ref[k], case[k]
         if e.dtype.kind in "iUu" or k == "format_version":
@@ -3712,15 +3732,16 @@ def _fixture_file_problem(directory, spec: CaseSpec, base_seed: int):
                          and np.array_equal(e, a)), ""
         else:
             r = _check_tensor(k, e, a, tier, _time_indexed(k, spec.output),
-                              mags.get(k, np.abs(e)))
+                              mags.get(k, np.abs(a)))
             same = r.ok
             how = r.detail if r.max_abs is None else \
                 f"by up to {r.max_abs:.3g} at {r.index}, {r.ratio:.3g} x the {tier.name} tier"
         if not same:
             return None, (f"{path} is not what the reference computes for this case: {k} "
                           f"differs{' ' + how if how else ''} (the file was edited or "
-                          "damaged after the export, or written with another base seed)")
-    return case, ""
+                          "damaged after the export, or written with another base "
+                          "seed)"), None
+    return case, "", mags
 
 
 def _selected(dtypes) -> tuple:
@@ -3790,7 +3811,7 @@ def verify_fixtures(directory, against, *, dtypes=None, tier="float32", rtol=Non
     cases, backend, interrupted = [], _Backend(target, timeout), False
     try:
         for spec in FIXTURE_CASES:
-            case, why = _fixture_file_problem(directory, spec, base_seed)
+            case, why, mags = _fixture_file_problem(directory, spec, base_seed)
             if spec.dtype not in dtypes:
                 if why:
                     problems.append(f"{spec.name}: {why}")
@@ -3802,7 +3823,8 @@ def verify_fixtures(directory, against, *, dtypes=None, tier="float32", rtol=Non
                 cases.append(CaseResult(spec.name, spec.dtype, tiers[spec.dtype].name,
                                         "error", why, spec=spec))
                 continue
-            cases.append(_run_case(backend, case, spec.name, tiers[spec.dtype], spec))
+            cases.append(_run_case(backend, case, spec.name, tiers[spec.dtype], spec,
+                                   mags))
     except KeyboardInterrupt:
         interrupted = True
     finally:

@@ -4214,16 +4214,11 @@ def _add_paper_commands(sub, parents):
 
 def cmd_export_fixtures(args):
     """nprnn_ref's export-fixtures, with this command line's output rules: DIR checked
-    before any work and locked while the command runs (DIR/.lock, which the verifier
-    ignores)."""
-    if os.path.isdir(args.dir) and [f for f in os.listdir(args.dir)
-                                    if not f.startswith(".")] and not args.force:
-        raise UsageError(f"{args.dir} is not empty; choose an empty or new directory, or "
-                         "pass --force to overwrite the fixture files in it")
+    before any work and locked while the command runs (DIR/.lock, a dot file, which the
+    export's emptiness check and the verifier pass over)."""
     out = _Output("DIR", args.dir, folder=True, replace=False)
     _check_outputs([out], args.force)
     _lock_outputs([out])
-    args.force = True                    # the lock file is in DIR now; emptiness checked
     return nr._cmd_export_fixtures(args)
 
 
