@@ -1608,6 +1608,26 @@ def collect_job(roots) -> dict:
     return {"jobs": jobs, "kind": kinds.pop(), "runs": found, "missing": missing}
 
 
+def select_runs(job, patterns) -> dict:
+    """The part of a collected job whose run names match one of the shell patterns
+    (fnmatch, case-sensitive): its runs and its missing runs. A pattern that matches no
+    run of the job (found or missing) is refused (ValueError), so a typo never yields an
+    empty or partial table that looks complete."""
+    import fnmatch
+    if isinstance(patterns, str) or not all(isinstance(p, str) for p in patterns):
+        raise TypeError(f"patterns must be a list of str, got {patterns!r}"[:200])
+    names = list(dict.fromkeys(list(job["runs"]) + job["missing"]))
+    keep = set()
+    for pattern in patterns:
+        hit = [n for n in names if fnmatch.fnmatchcase(n, pattern)]
+        if not hit:
+            raise ValueError(f"--select {pattern!r} matches none of the job's "
+                             f"{len(names)} runs (for example {', '.join(sorted(names)[:3])})")
+        keep.update(hit)
+    return {**job, "runs": {n: r for n, r in job["runs"].items() if n in keep},
+            "missing": [n for n in job["missing"] if n in keep]}
+
+
 def _read_run_entry(folder):
     """What a run folder holds: an experiment run (result.json) or a paper run (run.json,
     with summary.json once it ended); None for a folder that is neither."""
@@ -3052,8 +3072,10 @@ def plot_sweep(path, fracs, lrs, clips, title):
 def paper_table(summaries) -> str:
     """One row per run: the paper's metric at the end and at its best, test MSE (or
     loss), the first update past 50% and 90%, status, wall time and speed."""
-    head = (f"{'run':<34} {'net':<10} {'final':>7} {'best':>6} {'final MSE':>10} "
-            f"{'best MSE':>9} {'>50% at':>9} {'>90% at':>9} {'rho0':>6} {'status':>9} "
+    pixel = {r["task"] == "pixel" for r in summaries}
+    err = {frozenset([False]): "MSE", frozenset([True]): "loss"}.get(frozenset(pixel), "err")
+    head = (f"{'run':<34} {'net':<10} {'final':>7} {'best':>6} {'final ' + err:>10} "
+            f"{'best ' + err:>9} {'>50% at':>9} {'>90% at':>9} {'rho0':>6} {'status':>9} "
             f"{'wall':>8} {'upd/s':>6}")
     lines = [head]
     for r in summaries:
@@ -3070,7 +3092,8 @@ def paper_table(summaries) -> str:
             f"{_fmt(r['init_spectral_radius'], '.3f'):>6} {status:>9} "
             f"{_fmt_time(r['wall_seconds']):>8} {_fmt(r['updates_per_second'], '.0f'):>6}")
     metric = ("metric: % of test sequences with |error| < 0.04 (adding, multiply), test "
-              "accuracy (pixel); rho0: spectral radius of the initial W_hh")
+              "accuracy (pixel); MSE (loss, or err for both): test MSE (adding, multiply), "
+              "test cross-entropy (pixel); rho0: spectral radius of the initial W_hh")
     return "\n".join(lines + [metric])
 
 
@@ -3977,12 +4000,18 @@ def plot_paper_curves(path, groups, folders):
     """The paper's metric against updates, one panel per task and length, one line per
     network (and seed): % of test sequences with |error| < 0.04, or test accuracy."""
     plt = _pyplot()
-    fig, axes = plt.subplots(1, len(groups), figsize=(6.2 * len(groups), 4.2),
-                             squeeze=False)
+    cols = 2 if len(groups) == 4 else min(len(groups), 3)
+    rows = -(-len(groups) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.2 * rows), squeeze=False)
+    for ax in axes.flat[len(groups):]:
+        ax.set_visible(False)
     networks = dict.fromkeys(r["scheme"] for runs in groups.values() for r in runs)
-    colour = {s: plt.cm.tab10(i % 10) for i, s in enumerate(networks)}  # one per network,
-    styles = ("-", "--", ":", "-.")                             # the same in every panel
-    for ax, (title, runs) in zip(axes[0], groups.items()):
+    others = [s for s in networks if s not in PAPER_SCHEMES]   # one colour per network,
+    colour = {s: plt.cm.tab10((PAPER_SCHEMES.index(s) if s in PAPER_SCHEMES else  # the
+                               len(PAPER_SCHEMES) + others.index(s)) % 10)  # same in every
+              for s in networks}                                   # panel and figure
+    styles = ("-", "--", ":", "-.")
+    for ax, (title, runs) in zip(axes.flat, groups.items()):
         seeds = len({r["seed"] for r in runs}) > 1
         for r in runs:
             rows = read_curve_csv(os.path.join(folders[r["run"]], "curves.csv"))
@@ -4446,9 +4475,30 @@ def _collect_paper(args, job):
         print(f"wrote {plot}")
 
 
+def _missing_text(job) -> str:
+    """The missing runs, each unfinished paper run with how far it got: the update of
+    the last evaluation in its curves.csv, of its total (what resuming continues from
+    is its last checkpoint, at or before that)."""
+    parts = []
+    for name in job["missing"]:
+        run = job["runs"].get(name)
+        if run is None or "spec" not in run:
+            parts.append(f"{name} (no run folder)")
+            continue
+        try:
+            rows = read_curve_csv(os.path.join(run["folder"], "curves.csv"))
+            last = int(rows[-1]["update"])
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            last = 0
+        parts.append(f"{name} ({last:,} of {run['spec'].total_updates:,} updates)")
+    return ", ".join(parts)
+
+
 def cmd_collect(args):
     try:
         job = collect_job(args.roots)
+        if args.select:
+            job = select_runs(job, args.select)
     except (OSError, ValueError) as e:
         raise UsageError(str(e)) from None
     plot, outputs = _figure_path(args, "collect"), []
@@ -4472,7 +4522,7 @@ def cmd_collect(args):
         _check_figure_format(plot)
     if job["missing"] and not args.partial:
         print(f"{len(job['missing'])} run(s) missing or unfinished: "
-              + ", ".join(job["missing"]), file=sys.stderr)
+              + _missing_text(job), file=sys.stderr)
         print("tasks.py collect: pass --partial to collect what is there", file=sys.stderr)
         return 1
     _lock_outputs(outputs)
@@ -4483,7 +4533,7 @@ def cmd_collect(args):
                          f"({type(e).__name__}: {e})") from None
     if job["missing"]:
         print(f"\n{len(job['missing'])} run(s) missing or unfinished: "
-              + ", ".join(job["missing"]))
+              + _missing_text(job))
     return 0
 
 
@@ -4503,6 +4553,10 @@ def _add_collect_command(sub):
     p.add_argument("--force", action="store_true", help="allow overwriting outputs")
     p.add_argument("--partial", action="store_true",
                    help="collect what is there even when runs are missing (exit 0)")
+    p.add_argument("--select", action="append", metavar="GLOB",
+                   help="only the runs whose names match this shell pattern, e.g. "
+                   "'adding-T150-*' (repeat for several; each must match a run the job "
+                   "lists)")
     p.set_defaults(func=cmd_collect)
 
 

@@ -3728,6 +3728,11 @@ def test_cli_resume_continues_a_paused_run_and_prints_the_table(tmp_path):
     spec = tasks.paper_run("adding", "np", 1, **_TINY_KW)
     folder = tasks.create_run_folder(tmp_path / "job", spec, tasks.paper_departures(spec))
     assert tasks.train_paper_run(folder, until=70)["status"] == "paused"  # between evals
+    # collect names the unfinished run with its last evaluation: eval_every 50, so 50
+    r = _tasks_cli("collect", tmp_path / "job", "--partial")
+    assert r.returncode == 0, r.stderr
+    assert "1 run(s) missing or unfinished: adding-T8-np-seed1 (50 of 200 updates)" in \
+        r.stdout, r.stdout
     reference = tasks.create_run_folder(tmp_path / "ref", spec)
     whole = tasks.train_paper_run(reference)
     r = _tasks_cli("resume", tmp_path / "job", "--jobs", "1", "--progress-every", "1000")
@@ -3812,6 +3817,10 @@ def test_pixel_run_on_a_tiny_fashion_mnist(tmp_path):
     for c, name in enumerate(names):
         assert s["per_class_accuracy"][name] == np.mean(pred[labels == c] == c), name
     assert _strict_json(os.path.join(folder, "summary.json")) == s
+    head, row = tasks.paper_table([s]).splitlines()[:2]
+    # a pixel table scores by cross-entropy: its columns say loss, not MSE
+    assert "final loss" in head and "best loss" in head and "MSE" not in head
+    assert tasks._fmt(s["final_test_loss"]) in row.split()
 
 
 def test_pixel_metric_of_a_constant_prediction(tmp_path):
@@ -3935,6 +3944,31 @@ def test_paper_runs_split_into_shards_are_collected_into_one_table(tmp_path, cap
     assert "adding, T=6" in out and all(n in out for n in ("IRNN", "np-RNN", "gRNN"))
     runs = json.loads((tmp_path / "c" / "summary.json").read_text())["runs"]
     assert [r["scheme"] for r in runs] == ["irnn", "np", "grnn"]   # PAPER_SCHEMES order
+
+    # --select: the runs matching any pattern, nothing else; a pattern matching no run of
+    # the job is an error, not an empty table
+    capsys.readouterr()
+    assert tasks.main(["collect", str(tmp_path / "r"), "--select", "*-np-*", "--select",
+                       "adding-T6-grnn-*", "--out", str(tmp_path / "s")]) == 0
+    out = capsys.readouterr().out
+    assert "np-RNN" in out and "gRNN" in out and "IRNN" not in out
+    runs = json.loads((tmp_path / "s" / "summary.json").read_text())["runs"]
+    assert [r["scheme"] for r in runs] == ["np", "grnn"]
+    _usage_error(["collect", str(tmp_path / "r"), "--select", "adding-T7-*"], capsys,
+                 r"--select 'adding-T7-\*' matches none of the job's 3 runs")
+
+
+def test_collect_select_keeps_missing_runs_that_match(tmp_path, capsys):
+    args = ["paper", "adding", "--seq-len", "6", "--schemes", "np,irnn,grnn",
+            "--hidden", "6", "--train-size", "60", "--test-size", "20", "--epochs", "1",
+            "--eval-every", "30", "--jobs", "1", "--out", str(tmp_path / "r")]
+    assert tasks.main(args + ["--shard", "1/2"]) == 0          # irnn only (position 1)
+    capsys.readouterr()
+    assert tasks.main(["collect", str(tmp_path / "r"), "--select", "*-np-*"]) == 1
+    err = capsys.readouterr().err
+    assert "1 run(s) missing or unfinished: adding-T6-np-seed0 (no run folder)" in err
+    assert tasks.main(["collect", str(tmp_path / "r"), "--select", "*-irnn-*"]) == 0
+    assert "missing" not in capsys.readouterr().out
 
 
 # =======================================================================================
