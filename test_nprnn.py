@@ -3547,6 +3547,82 @@ def test_a_run_continued_from_its_checkpoints_equals_an_uninterrupted_run(tmp_pa
         spec.total_updates / resumed["train_seconds"], rel=1e-12)
 
 
+# Runs replayed from the public calls. The training loop of a paper run takes shortcuts
+# (no per-update validation, the update functions without their checks); replaying the
+# protocol with the validated public functions (init_params, loss_and_grads, clip_grads,
+# sgd_step or rmsprop_step, cooled_lr) on the same batches must give the same parameters
+# bit for bit, the same curve and the same final score. Each case clips at most updates
+# (the threshold is below the typical gradient norm) and spans a cooling.
+REPLAYED = {
+    "sgd-cooled-clipped": dict(task="multiply", scheme="np", seq_len=6, hidden=8,
+                               train_size=24, test_size=50, batch=4, epochs=3, lr=0.5,
+                               cool_epochs=(1, 2), eval_every=5, clip=0.15),
+    "rmsprop-cooled-clipped": dict(task="adding", scheme="irnn", optimizer="rmsprop",
+                                   lr=1e-2, seq_len=6, hidden=8, train_size=12,
+                                   test_size=50, batch=1, epochs=3, cool_epochs=(2,),
+                                   eval_every=7, clip=3.0),
+    "pixel-rmsprop": dict(task="pixel", scheme="irnn", dataset="fashion-mnist",
+                          hidden=6, train_size=16, test_size=20, batch=4, epochs=2,
+                          lr=1e-4, cool_epochs=(1,), clip=2e4),
+}
+
+
+@pytest.mark.parametrize("case", list(REPLAYED))
+def test_a_paper_run_is_its_protocol_replayed_with_the_public_calls(tmp_path, case):
+    kw = dict(REPLAYED[case])
+    if kw["task"] == "pixel":
+        _fake_fashion_mnist(tmp_path / "fm")
+        kw["data"] = str(tmp_path / "fm")
+    spec = _spec(**kw)
+    folder = tasks.create_run_folder(tmp_path / "job", spec)
+    summary = tasks.train_paper_run(folder)
+    assert summary["status"] == "finished"
+
+    data = tasks._FixedData(spec)
+    nonlin = nr.SCHEMES[spec.scheme].nonlinearity
+    params = nr.init_params(data.n_in, spec.hidden, data.n_out, spec.scheme,
+                            np.random.default_rng([spec.seed, 0]), inputs=spec.inputs)
+    state, losses, clipped, lrs = None, [], 0, set()
+    step = nr.sgd_step if spec.optimizer == "sgd" else nr.rmsprop_step
+    for u in range(spec.total_updates):
+        x, target = data.batch(u)
+        if data.regression:            # the batch is the task: the marked values' sum or
+            marked = np.sum(x[:, :, 1], axis=0)                          # product
+            assert np.array_equal(marked, np.full(x.shape[1], 2.0))
+            v = np.where(x[:, :, 1] == 1.0, x[:, :, 0], np.nan)
+            want = np.nansum(v, axis=0) if spec.task == "adding" else np.nanprod(v, axis=0)
+            np.testing.assert_allclose(target[:, 0], want, rtol=1e-15, atol=0)
+        lr = nr.cooled_lr(spec.lr, u // spec.updates_per_epoch, spec.cool_factor,
+                          spec.cool_epochs)
+        lrs.add(lr)
+        L, g = nr.loss_and_grads(params, x, target, loss=data.loss, nonlinearity=nonlin)
+        g, norm = nr.clip_grads(g, spec.clip)
+        clipped += norm > spec.clip
+        params, state = step(params, g, state, lr)
+        losses.append(float(L))
+    # the case exercises what it names: clipping on some updates, not all; a cooling
+    assert 0 < clipped < spec.total_updates and len(lrs) == 1 + len(spec.cool_epochs)
+
+    ck = _checkpoint(folder)
+    for k in nr.PARAM_NAMES:
+        np.testing.assert_array_equal(ck[k], params[k], err_msg=k)
+    curve = tasks.read_curve_csv(os.path.join(folder, "curves.csv"))
+    updates = [int(c["update"]) for c in curve]
+    want_updates = sorted({0, spec.total_updates} | set(range(spec.eval_every,
+                                                              spec.total_updates + 1,
+                                                              spec.eval_every)))
+    assert updates == want_updates
+    for prev, c, u in zip(updates, curve[1:], updates[1:]):   # written in full (repr)
+        assert c["train_loss"] == np.mean(losses[prev:u]), u
+    h, _ = nr.forward(params, data.x_test, nonlinearity=nonlin)
+    y = nr.readout(params, h, "last")
+    if data.regression:
+        correct = int(np.sum(np.abs(y[:, 0] - data.y_test[:, 0]) < 0.04))
+    else:
+        correct = int(np.sum(np.argmax(y, axis=1) == data.y_test))
+    assert summary["final_correct"] == correct
+
+
 def test_the_learning_rate_is_cooled_at_the_named_epochs(tmp_path):
     kw, _ = RESUMABLE["sgd-cooled"]
     spec = _spec(**kw)
