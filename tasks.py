@@ -3094,7 +3094,26 @@ def paper_table(summaries) -> str:
     metric = ("metric: % of test sequences with |error| < 0.04 (adding, multiply), test "
               "accuracy (pixel); MSE (loss, or err for both): test MSE (adding, multiply), "
               "test cross-entropy (pixel); rho0: spectral radius of the initial W_hh")
-    return "\n".join(lines + [metric])
+    return "\n".join(lines + [metric] + _per_class_lines(summaries))
+
+
+def _per_class_lines(summaries) -> list:
+    """The test accuracy per class of the finished pixel runs, one column per run and one
+    block per data set, classes by name."""
+    out = []
+    runs = [r for r in summaries if r.get("per_class_accuracy")]
+    for dataset in dict.fromkeys(r["dataset"] for r in runs):
+        cols = [r for r in runs if r["dataset"] == dataset]
+        seeds = len({r["seed"] for r in cols}) > 1
+        heads = [(r["paper_name"] or r["scheme"]) + (f" s{r['seed']}" if seeds else "")
+                 for r in cols]
+        width = max(11, *(len(h) for h in heads))
+        names = list(cols[0]["per_class_accuracy"])
+        out += ["", f"test accuracy per class ({dataset}):",
+                f"{'class':<12}" + "".join(f" {h:>{width}}" for h in heads)]
+        out += [f"{c:<12}" + "".join(f" {100 * r['per_class_accuracy'][c]:>{width - 1}.1f}%"
+                                     for r in cols) for c in names]
+    return out
 
 
 # ---------------------------------------------------------------------------------------

@@ -3953,10 +3953,17 @@ def test_pixel_run_on_a_tiny_fashion_mnist(tmp_path):
     for c, name in enumerate(names):
         assert s["per_class_accuracy"][name] == np.mean(pred[labels == c] == c), name
     assert _strict_json(os.path.join(folder, "summary.json")) == s
-    head, row = tasks.paper_table([s]).splitlines()[:2]
+    table = tasks.paper_table([s]).splitlines()
+    head, row = table[:2]
     # a pixel table scores by cross-entropy: its columns say loss, not MSE
     assert "final loss" in head and "best loss" in head and "MSE" not in head
     assert tasks._fmt(s["final_test_loss"]) in row.split()
+    # then the accuracy of each class, by name, in the order of the labels
+    at = table.index("test accuracy per class (fashion-mnist):")
+    assert table[at + 1].split() == ["class", "np-RNN"]
+    for line, name in zip(table[at + 2:], names):
+        assert line == f"{name:<12} {100 * s['per_class_accuracy'][name]:>10.1f}%"
+    assert len(table) == at + 2 + len(names)
 
 
 def test_pixel_metric_of_a_constant_prediction(tmp_path):
