@@ -3426,6 +3426,26 @@ def test_paper_metric_is_the_fraction_of_test_sequences_within_0_04():
     assert chunked["mse"] == pytest.approx(whole["mse"], rel=1e-12)
 
 
+@pytest.mark.parametrize("task,c,p", [
+    # adding: a + b, a, b ~ U(0, 1), has the triangular density 1 - |s - 1| about 1:
+    # P(|a + b - 1| < 0.04) = 1 - 0.96^2 = 0.0784.
+    ("adding", 1.0, 1 - 0.96 ** 2),
+    # multiplication: a * b has the density -ln z on (0, 1), whose integral is
+    # z - z ln z: P(|a b - 1/4| < 0.04) = F(0.29) - F(0.21) = 0.1110.
+    ("multiply", 0.25, (lambda F: F(0.29) - F(0.21))(lambda z: z - z * math.log(z))),
+])
+def test_predicting_the_mean_scores_what_the_task_s_distribution_gives(task, c, p):
+    # what failing looks like in the paper's metric, as docs/experiments.md states it
+    n = 200_000
+    spec = tasks.paper_run(task, "np", 0, seq_len=5, hidden=4, train_size=16,
+                           test_size=n, batch=4, epochs=1)
+    data = tasks._FixedData(spec)
+    params = _constant_output(nr.init_params(2, 4, 1, "np", np.random.default_rng(0)), c)
+    m = tasks._evaluate_fixed(params, data, "relu")
+    sd = math.sqrt(p * (1 - p) / n)                       # binomial: about 6.5e-4
+    assert abs(m["within"] - p) < 5 * sd, (m["within"], p)
+
+
 def test_paper_metric_counts_errors_strictly_below_0_04():
     spec = tasks.paper_run("adding", "np", 1, seq_len=6, hidden=8, train_size=40,
                            test_size=6, batch=4, epochs=1)
