@@ -4019,9 +4019,10 @@ def plot_paper_curves(path, groups, folders):
     """The paper's metric against updates, one panel per task and length, one line per
     network (and seed): % of test sequences with |error| < 0.04, or test accuracy."""
     plt = _pyplot()
-    cols = 2 if len(groups) == 4 else min(len(groups), 3)
-    rows = -(-len(groups) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.2 * rows), squeeze=False)
+    ncols = 2 if len(groups) == 4 else min(len(groups), 3)
+    nrows = -(-len(groups) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.2 * ncols, 4.2 * nrows),
+                             squeeze=False)
     for ax in axes.flat[len(groups):]:
         ax.set_visible(False)
     networks = dict.fromkeys(r["scheme"] for runs in groups.values() for r in runs)
