@@ -3073,7 +3073,7 @@ def paper_table(summaries) -> str:
     """One row per run: the paper's metric at the end and at its best, test MSE (or
     loss), the first update past 50% and 90%, status, wall time and speed."""
     pixel = {r["task"] == "pixel" for r in summaries}
-    err = {(False,): "MSE", (True,): "loss"}.get(tuple(pixel), "err")
+    err = "MSE" if pixel == {False} else "loss" if pixel == {True} else "err"
     head = (f"{'run':<34} {'net':<10} {'final':>7} {'best':>6} {'final ' + err:>10} "
             f"{'best ' + err:>9} {'>50% at':>9} {'>90% at':>9} {'rho0':>6} {'status':>9} "
             f"{'wall':>8} {'upd/s':>6}")
